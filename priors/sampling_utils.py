@@ -1,0 +1,57 @@
+"""The one place where a prior's logits become a drawn code: temperature, top-k, top-p, then a seeded draw.
+
+Every prior (built-in or plugin) samples through `draw`, so `--temperature/--top-k/--top-p/--seed` mean the
+same thing whichever prior is loaded, and a fast sampler and its naive reference consume the
+torch.Generator in exactly the same order (one `torch.multinomial(probs, 1)` per grid position).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vqgen.errors import ConfigError
+
+
+def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Raise ConfigError for a filter setting that has no meaning."""
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """(n, K) logits -> (n, K) float32 logits with temperature applied and filtered entries set to -inf.
+
+    Order (as in most LM samplers): divide by temperature, keep the top_k largest, then keep the smallest
+    set of the most likely codes whose probability mass reaches top_p (the most likely code is always kept).
+    """
+    logits = logits.float() / temperature
+    k = logits.shape[-1]
+    if top_k is not None and top_k < k:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs  # mass of strictly more likely codes
+        drop_sorted = mass_before >= top_p  # position 0 has mass_before 0 < top_p: always kept
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(n, K) logits -> (n,) long codes, one `torch.multinomial(probs, 1, generator=...)` call."""
+    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

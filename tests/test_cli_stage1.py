@@ -1,0 +1,88 @@
+import json
+
+import torch
+from PIL import Image
+
+from tests.conftest import TINY_VQVAE_ARGS
+from vqgen.codes import read_codes
+from vqgen.checkpoint import file_sha256
+
+
+def test_version_and_help(cli):
+    from vqgen import __version__
+
+    assert __version__ in cli("--version").stdout
+    for cmd in ("train-vqvae", "reconstruct", "encode", "train-prior", "sample"):
+        out = cli(cmd, "--help").stdout
+        assert "Example: vqgen " + cmd in out.replace("\n", " ") or "Example:" in out
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from vqgen.cli import app; app(['--help'], standalone_mode=False); print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_train_vqvae_writes_run_folder(trained_vqvae):
+    run, summary = trained_vqvae["run"], trained_vqvae["summary"]
+    for name in ("vqvae.safetensors", "checkpoint.safetensors", "metrics.jsonl", "reconstructions.png"):
+        assert (run / name).exists(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["event"] == "config" and records[0]["world_size"] == 1
+    assert records[0]["vqvae_config"]["codebook_size"] == 16
+    assert any(r.get("event") == "eval" for r in records)
+    for key in ("val_mse", "val_psnr", "codes_used", "perplexity", "images_per_s"):
+        assert key in summary
+    assert summary["steps"] == 30 and 0 < summary["codes_used"] <= 16
+    assert not list(run.glob("*.tmp"))  # atomic writes leave no temporaries behind
+
+
+def test_reconstruct_grid_and_folder(cli, trained_vqvae, tmp_path):
+    w = trained_vqvae["run"] / "vqvae.safetensors"
+    data = trained_vqvae["data"]
+    res = cli("reconstruct", "--vqvae", w, data / "cats", data / "dogs" / "000.png", "--out", tmp_path / "g.png",
+              "--json")
+    s = json.loads(res.stdout)
+    assert s["images"] == 13 and s["psnr"] > 0
+    grid = Image.open(tmp_path / "g.png")
+    assert grid.size[0] > 16 * 8 and grid.size[1] > 16 * 2
+    cli("reconstruct", "--vqvae", w, data, "--out", tmp_path / "recon")
+    assert (tmp_path / "recon" / "cats" / "000.png").exists()
+    assert Image.open(tmp_path / "recon" / "dogs" / "011.png").size == (16, 16)
+
+
+def test_encode_writes_valid_index_grids(cli, trained_vqvae, tmp_path):
+    w = trained_vqvae["run"] / "vqvae.safetensors"
+    out = tmp_path / "codes.safetensors"
+    s = json.loads(cli("encode", "--vqvae", w, "--data", trained_vqvae["data"], "--out", out, "--split", "all",
+                       "--json").stdout)
+    cs = read_codes(out)
+    assert len(cs) == 24 == s["grids"] and (cs.height, cs.width) == (4, 4) and cs.num_codes == 16
+    assert cs.class_names == ["cats", "dogs"] and cs.labels.tolist() == [0] * 12 + [1] * 12
+    assert cs.vqvae_sha256 == file_sha256(w)
+    # the grids are the model's own encoding of the images
+    from vqgen.data import load_images
+    from vqgen.vqvae import load_vqvae
+
+    m, _ = load_vqvae(w)
+    imgs = load_images(str(trained_vqvae["data"]), 16).images
+    assert torch.equal(cs.codes, m.encode(imgs.float() / 255))
+    tr = tmp_path / "tr.safetensors"
+    va = tmp_path / "va.safetensors"
+    cli("encode", "--vqvae", w, "--data", trained_vqvae["data"], "--out", tr)
+    cli("encode", "--vqvae", w, "--data", trained_vqvae["data"], "--out", va, "--split", "val")
+    assert len(read_codes(tr)) + len(read_codes(va)) == 24
+
+
+def test_train_vqvae_resume_continues_to_more_steps(cli, image_folder, tmp_path):
+    run = tmp_path / "run"
+    args = ["train-vqvae", "--data", image_folder, "--out", run, "--batch-size", "8", *TINY_VQVAE_ARGS]
+    cli(*args, "--steps", "6")
+    res = cli("train-vqvae", "--out", run, "--resume", "--steps", "10", "--json")
+    assert json.loads(res.stdout)["steps"] == 10
+    res = cli(*args, "--steps", "6", ok=False)  # a second fresh run into the same folder is refused
+    assert res.exit_code == 1 and "--resume" in res.output

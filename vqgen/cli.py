@@ -1,0 +1,280 @@
+"""The `vqgen` command line: options -> config -> one library call. Errors become one line and exit 1.
+
+Nothing heavy is imported at module level, so `vqgen --help` and shell completion answer instantly;
+torch and the library load inside each command.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vqgen import __version__
+
+app = typer.Typer(
+    name="vqgen",
+    help="Learn a discrete latent code for images (VQ-VAE) and generate new images from it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"vqgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """Learn a discrete latent code for images (VQ-VAE) and generate new images from it."""
+
+
+def friendly(fn):
+    """Turn library errors into one red line on stderr and exit 1; Ctrl+C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from vqgen import log
+        from vqgen.errors import VqgenError
+
+        try:
+            return fn(*args, **kwargs)
+        except VqgenError as e:
+            log.error(str(e))
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def emit(summary: dict, as_json: bool) -> None:
+    """A command's result on stdout: JSON with --json, else aligned `key: value` lines."""
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    width = max(len(k) for k in summary) if summary else 0
+    for k, v in summary.items():
+        typer.echo(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+def _positive(name: str, value):
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be positive, got {value}", param_hint=name)
+
+
+# -- shared options -----------------------------------------------------------------------------------------
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
+JsonOpt = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
+DataRootOpt = typer.Option(None, "--data-root", help="Where CIFAR-10 is stored / downloaded (default ~/.cache/vqgen/data).")
+CacheOpt = typer.Option(None, "--cache-dir", help="Decoded-image cache (default ~/.cache/vqgen/images).")
+
+
+def _train_overrides(**given) -> dict:
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@app.command("train-vqvae", epilog="Example: vqgen train-vqvae --data cifar10 --out runs/vq --steps 20000")
+@friendly
+def train_vqvae(
+    data: Optional[str] = typer.Option(None, "--data", help="cifar10[:train|:test] or a folder of images."),
+    out: Path = typer.Option(..., "--out", help="Run folder: weights, checkpoint, metrics.jsonl, PNGs."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps in total [default: 13000]."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Train this many passes instead of --steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size [default: 128]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: 2e-3]."),
+    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="cosine | constant [default: cosine]."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Linear warmup steps [default: 100]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, data order, augmentation [default: 0]."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between metrics.jsonl records."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast [default: on]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    image_size: int = typer.Option(32, "--image-size", help="Image side; a multiple of 4 (grid = side/4)."),
+    hidden: int = typer.Option(128, "--hidden", help="Trunk channels."),
+    res_blocks: int = typer.Option(2, "--res-blocks", help="Residual blocks in encoder and decoder."),
+    res_channels: int = typer.Option(32, "--res-channels", help="Channels inside each residual block."),
+    codebook_size: int = typer.Option(512, "--codebook-size", help="K, number of codes."),
+    code_dim: int = typer.Option(64, "--code-dim", help="D, code vector size."),
+    beta: float = typer.Option(0.25, "--beta", help="Commitment loss weight."),
+    quantizer: str = typer.Option("ema", "--quantizer", help="ema (EMA codebook) | vq (codebook loss)."),
+    ema_decay: float = typer.Option(0.99, "--ema-decay", help="EMA decay of the codebook statistics."),
+    val_fraction: float = typer.Option(0.02, "--val-fraction", help="Seeded held-out fraction, never trained on."),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="Random horizontal flips."),
+    device: str = DeviceOpt,
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs)."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory format (faster with bf16 on CPU and GPU)."),
+    data_root: Optional[str] = DataRootOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train the VQ-VAE (stage 1) and report held-out PSNR and codebook usage."""
+    for name, v in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
+                    ("--checkpoint-every", checkpoint_every), ("--log-every", log_every), ("--image-size", image_size)):
+        _positive(name, v)
+    if steps is not None and epochs is not None:
+        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
+    if data is None and not resume:
+        raise typer.BadParameter("--data is required (unless --resume)", param_hint="--data")
+    if quantizer not in ("ema", "vq"):
+        raise typer.BadParameter(f"must be ema or vq, got {quantizer!r}", param_hint="--quantizer")
+    from vqgen.stage1 import train_vqvae as run
+    from vqgen.vqvae import VQVAEConfig
+
+    model_cfg = VQVAEConfig(image_size, hidden, res_blocks, res_channels, codebook_size, code_dim, beta, quantizer,
+                            ema_decay)
+    overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
+                                 seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                                 log_every=log_every, amp=amp)
+    summary = run(data, out, model_cfg, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip,
+                  device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
+                  channels_last=channels_last)
+    emit(summary, as_json)
+
+
+@app.command(epilog="Example: vqgen reconstruct --vqvae runs/vq/vqvae.safetensors photos/ --out recon.png")
+@friendly
+def reconstruct(
+    inputs: List[str] = typer.Argument(..., help="Image files, folders or a data spec (cifar10:test)."),
+    out: Path = typer.Option(..., "--out", help="A .png grid (originals above, reconstructions below) or a folder."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per forward pass."),
+    nrow: int = typer.Option(8, "--nrow", help="Images per grid row."),
+    device: str = DeviceOpt,
+    data_root: Optional[str] = DataRootOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    as_json: bool = JsonOpt,
+):
+    """Encode and decode images; print MSE and PSNR (pixels in [0, 1])."""
+    _positive("--batch-size", batch_size)
+    _positive("--nrow", nrow)
+    from vqgen.stage1 import reconstruct as run
+
+    emit(run(vqvae, inputs, out, device=device, batch_size=batch_size, nrow=nrow, cache_dir=cache_dir,
+             data_root=data_root), as_json)
+
+
+@app.command(epilog="Example: vqgen encode --vqvae runs/vq/vqvae.safetensors --data cifar10 --out codes.safetensors")
+@friendly
+def encode(
+    data: str = typer.Option(..., "--data", help="cifar10[:train|:test] or a folder of images."),
+    out: Path = typer.Option(..., "--out", help="Index-grid file to write (.safetensors)."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    split: str = typer.Option("train", "--split", help="train | val | all (the seeded held-out split of --data)."),
+    val_fraction: float = typer.Option(0.02, "--val-fraction", help="Held-out fraction defining the split."),
+    batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
+    device: str = DeviceOpt,
+    data_root: Optional[str] = DataRootOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    as_json: bool = JsonOpt,
+):
+    """Encode images into an index-grid file (the input of train-prior)."""
+    _positive("--batch-size", batch_size)
+    if split not in ("train", "val", "all"):
+        raise typer.BadParameter(f"must be train, val or all, got {split!r}", param_hint="--split")
+    from vqgen.stage1 import encode as run
+
+    emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
+             data_root=data_root, cache_dir=cache_dir), as_json)
+
+
+@app.command("train-prior", epilog="Example: vqgen train-prior --codes codes.safetensors --out runs/prior --steps 20000")
+@friendly
+def train_prior(
+    codes: Optional[str] = typer.Option(None, "--codes", help="Index-grid file from `vqgen encode`."),
+    out: Path = typer.Option(..., "--out", help="Run folder: weights, checkpoint, metrics.jsonl."),
+    prior: str = typer.Option("pixelcnn", "--prior", help="Registered prior (see `vqgen priors`)."),
+    opt: List[str] = typer.Option([], "--opt", "-o", help="Prior option key=value (repeatable), e.g. -o layers=12."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps in total [default: 13000]."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Train this many passes instead of --steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size [default: 128]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: 2e-3]."),
+    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="cosine | constant [default: cosine]."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Linear warmup steps [default: 100]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed [default: 0]."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between metrics.jsonl records."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast [default: on]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    class_conditional: Optional[bool] = typer.Option(
+        None, "--class-conditional/--unconditional", help="Condition on labels [default: when the codes have labels]."),
+    val_codes: Optional[str] = typer.Option(None, "--val-codes", help="Held-out index-grid file (else a seeded split)."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Seeded held-out fraction when no --val-codes."),
+    device: str = DeviceOpt,
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the prior (GPU runs)."),
+    as_json: bool = JsonOpt,
+):
+    """Fit an autoregressive prior (stage 2) on index grids; report held-out bits per code."""
+    for name, v in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
+                    ("--checkpoint-every", checkpoint_every), ("--log-every", log_every)):
+        _positive(name, v)
+    if steps is not None and epochs is not None:
+        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
+    if codes is None and not resume:
+        raise typer.BadParameter("--codes is required (unless --resume)", param_hint="--codes")
+    from vqgen.stage2 import train_prior as run
+
+    overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
+                                 seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                                 log_every=log_every, amp=amp)
+    emit(run(codes, out, prior, opt, overrides, epochs=epochs, class_conditional=class_conditional,
+             val_codes=val_codes, val_fraction=val_fraction, device=device, resume=resume, compile=compile), as_json)
+
+
+@app.command(epilog="Example: vqgen sample --n 64 --out grid.png --class cat --seed 1")
+@friendly
+def sample(
+    out: Path = typer.Option(..., "--out", help="A .png grid, or a folder that receives one PNG per sample."),
+    n: int = typer.Option(64, "--n", help="Number of samples."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="Prior weights [default: the shipped CIFAR-10 prior]."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
+    class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (class-conditional priors)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same images."),
+    nrow: int = typer.Option(8, "--nrow", help="Images per grid row (a conditional prior draws one class per row)."),
+    save_codes: Optional[str] = typer.Option(None, "--save-codes", help="Also write the sampled index grids here."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Generate images: draw code grids from the prior and decode them with the VQ-VAE."""
+    _positive("--nrow", nrow)
+    _positive("--batch-size", batch_size)
+    from vqgen.sampling import sample as run
+
+    emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
+             seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size), as_json)
+
+
+@app.command("priors", epilog="Example: vqgen priors --json")
+@friendly
+def list_priors_cmd(as_json: bool = JsonOpt):
+    """List the registered priors and where each comes from."""
+    from priors import list_priors
+
+    found = list_priors()
+    if as_json:
+        typer.echo(json.dumps(found))
+    else:
+        width = max(map(len, found)) if found else 0
+        for name, origin in found.items():
+            typer.echo(f"{name:<{width}}  {origin}")
+
+
+def main() -> None:
+    app()

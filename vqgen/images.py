@@ -1,0 +1,32 @@
+"""Image grids and PNG files, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (or uint8 already) -> uint8 on the CPU."""
+    if x.dtype == torch.uint8:
+        return x.cpu()
+    return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
+    """(n, 3, H, W) -> one (3, H', W') uint8 grid with `nrow` images per row."""
+    from torchvision.utils import make_grid as tv_grid
+
+    return tv_grid(to_uint8(images), nrow=max(1, nrow), padding=pad, pad_value=255)
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> None:
+    """Write one (3, H, W) image as PNG through a temporary file in the same folder."""
+    from PIL import Image
+
+    from vqgen.checkpoint import atomic_path
+
+    arr = to_uint8(image).permute(1, 2, 0).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")

@@ -1,0 +1,146 @@
+"""Vector quantisation: nearest-code search, straight-through gradient, VQ or EMA codebook updates,
+codebook initialisation from data and dead-code restarts. Computes in fp32 even under autocast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+USAGE_DECAY = 0.9
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor  # (b, D, h, w) quantised vectors carrying the straight-through gradient
+    indices: torch.Tensor  # (b, h, w) int64 code indices
+    loss: torch.Tensor  # codebook + beta * commitment (codebook term is 0 for EMA: the EMA moves the codes)
+    commitment: torch.Tensor  # ||z_e - sg[e]||^2, mean over elements
+    counts: torch.Tensor  # (K,) how often each code was picked in this batch (all ranks)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        beta: float = 0.25,
+        kind: str = "ema",
+        decay: float = 0.99,
+        restart_threshold: float = 0.03,
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        if kind not in ("vq", "ema"):
+            raise ValueError(f"quantizer kind must be 'vq' or 'ema', got {kind!r}")
+        self.num_codes, self.dim, self.beta, self.kind = num_codes, dim, beta, kind
+        self.decay, self.restart_threshold, self.eps = decay, restart_threshold, eps
+        init = torch.randn(num_codes, dim) / dim**0.5
+        if kind == "vq":
+            self.embedding = nn.Parameter(init)
+        else:
+            self.register_buffer("embedding", init)
+            self.register_buffer("cluster_size", torch.ones(num_codes))
+            self.register_buffer("embed_sum", init.clone())
+        # EMA of how many vectors each code receives per step; a code whose share falls below
+        # restart_threshold * (fair share) is dead and is moved onto a recent encoder output
+        self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    # -- search -----------------------------------------------------------------------------------------
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of flat (n, D), by one matrix product."""
+        e = self.embedding.float()
+        # ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every code so it cannot change the argmin
+        d = torch.addmm((e * e).sum(1)[None, :], flat, e.t(), alpha=-2.0)  # (n, K)
+        return d.argmin(1)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors for an index grid: (b, h, w) -> (b, D, h, w)."""
+        return rearrange(F.embedding(indices, self.embedding.float()), "b h w d -> b d h w")
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
+        b, _, h, w = z_e.shape
+        with torch.autocast(z_e.device.type, enabled=False):
+            z = z_e.float()
+            flat = rearrange(z, "b d h w -> (b h w) d")  # (b, D, h, w) -> (b*h*w, D)
+            if self.training and not bool(self.initialized):
+                self._init_from(flat.detach())
+            idx = self.nearest(flat.detach())  # (b*h*w,)
+            counts = torch.bincount(idx, minlength=self.num_codes).float()
+            if self.training:
+                if _distributed():
+                    dist.all_reduce(counts)
+                if self.kind == "ema":
+                    self._ema_update(flat.detach(), idx, counts)
+                self._restart_dead(flat.detach(), counts)
+            e = self.embedding.float()
+            z_q = F.embedding(idx, e)  # (b*h*w, D)
+            commitment = F.mse_loss(flat, z_q.detach())
+            loss = self.beta * commitment
+            if self.kind == "vq":
+                loss = loss + F.mse_loss(z_q, flat.detach())
+            z_q = flat + (z_q - flat).detach()  # straight-through: the decoder's gradient goes to z_e
+            z_q = rearrange(z_q, "(b h w) d -> b d h w", b=b, h=h, w=w)
+        return QuantizerOutput(z_q, idx.view(b, h, w), loss, commitment, counts)
+
+    # -- codebook maintenance (all under no_grad; identical on every rank) -----------------------------
+    @torch.no_grad()
+    def _pick_rows(self, flat: torch.Tensor, n: int) -> torch.Tensor:
+        """n rows of flat chosen at random (with replacement when there are too few), same on every rank."""
+        if flat.shape[0] >= n:
+            rows = flat[torch.randperm(flat.shape[0], device=flat.device)[:n]]
+        else:
+            rows = flat[torch.randint(flat.shape[0], (n,), device=flat.device)]
+            rows = rows + 0.01 * rows.std() * torch.randn_like(rows)
+        rows = rows.contiguous()
+        if _distributed():
+            dist.broadcast(rows, 0)
+        return rows
+
+    @torch.no_grad()
+    def _init_from(self, flat: torch.Tensor) -> None:
+        rows = self._pick_rows(flat, self.num_codes)
+        self.embedding.data.copy_(rows)
+        if self.kind == "ema":
+            self.cluster_size.fill_(1.0)
+            self.embed_sum.copy_(rows)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, flat)  # (K, D)
+        if _distributed():
+            dist.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        # Laplace smoothing keeps a code that received nothing from dividing by ~0
+        n = self.cluster_size.sum()
+        size = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
+        self.embedding.data.copy_(self.embed_sum / size[:, None])
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+        # a short memory (~10 steps): early on the encoder moves fast and leaves codes behind within a few
+        # steps; waiting for the codebook EMA (~100 steps) to notice wastes most of the codebook for hundreds of steps
+        self.usage.mul_(USAGE_DECAY).add_(counts / counts.sum().clamp_min(1), alpha=1 - USAGE_DECAY)
+        dead = self.usage < self.restart_threshold / self.num_codes
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        rows = self._pick_rows(flat, n_dead)
+        self.embedding.data[dead] = rows
+        self.usage[dead] = 1.0 / self.num_codes
+        if self.kind == "ema":
+            self.cluster_size[dead] = 1.0
+            self.embed_sum[dead] = rows

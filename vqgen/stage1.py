@@ -1,0 +1,222 @@
+"""Stage 1 as library calls: train a VQ-VAE, reconstruct images with it, encode images into index grids."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from vqgen import log
+from vqgen.codes import CodeSet, write_codes
+from vqgen.errors import ConfigError, DataError
+from vqgen.evaluate import code_usage, psnr_from_mse
+from vqgen.images import make_grid, save_png
+from vqgen.runtime import autocast, init_distributed, resolve_device
+from vqgen.train import Trainer, TensorBatches, TrainConfig, read_run_meta, resumed_config
+from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae
+
+SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
+WEIGHTS_FILE = "vqvae.safetensors"
+GRID_FILE = "reconstructions.png"
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model: VQVAE, images: torch.Tensor, batch_size: int = 500, amp: bool = False) -> dict:
+    """Held-out MSE / PSNR (pixels in [0, 1]) and codebook usage over uint8 images (n, 3, S, S)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sq, n, hist = 0.0, 0, torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].to(device).float() / 255
+        with autocast(device, amp):
+            x_hat, q = model(x)
+        sq += float(((x_hat.float().clamp(0, 1) - x) ** 2).mean(dim=(1, 2, 3)).sum())
+        n += x.shape[0]
+        hist += torch.bincount(q.indices.flatten(), minlength=hist.numel())
+    model.train(was_training)
+    mse = sq / max(n, 1)
+    usage = code_usage(hist, model.config.codebook_size, counts=True)
+    return {"val_mse": mse, "val_psnr": psnr_from_mse(mse), "codes_used": usage["codes_used"],
+            "perplexity": usage["perplexity"], "num_codes": model.config.codebook_size, "val_images": n}
+
+
+@torch.no_grad()
+def reconstruction_grid(model: VQVAE, images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """Originals above, reconstructions below, as one uint8 grid."""
+    device = next(model.parameters()).device
+    x = images.to(device).float() / 255
+    x_hat = model.decode(model.encode(x))
+    rows = -(-x.shape[0] // nrow) * nrow
+    pad = lambda t: torch.cat([t, torch.ones(rows - t.shape[0], *t.shape[1:], device=t.device)]) if rows > t.shape[0] else t
+    return make_grid(torch.cat([pad(x), pad(x_hat)]), nrow=nrow)
+
+
+def _batch_metrics(m: dict) -> dict:
+    counts = m["counts"]
+    p = counts / counts.sum().clamp_min(1)
+    ent = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return {"recon_mse": m["recon_mse"].item(), "perplexity": ent.exp().item(), "codes_used": int((counts > 0).sum())}
+
+
+def train_vqvae(
+    data: str,
+    run_dir: str | Path,
+    model_cfg: VQVAEConfig,
+    train: dict | TrainConfig,
+    *,
+    epochs: float | None = None,
+    val_fraction: float = 0.02,
+    flip: bool = False,
+    device: str = "auto",
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    resume: bool = False,
+    compile: bool = False,
+    channels_last: bool = True,
+) -> dict:
+    """Train (or resume) a VQ-VAE in run_dir; returns the held-out summary."""
+    from vqgen.data import load_images, split_indices
+
+    run_dir = Path(run_dir)
+    overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
+    if resume:
+        meta = read_run_meta(run_dir)
+        model_cfg = VQVAEConfig.from_dict(json.loads(meta["vqvae_config"]))
+        d = json.loads(meta["data"])
+        data, val_fraction, flip = d["spec"], d["val_fraction"], d["flip"]
+        train_cfg = resumed_config(meta, overrides)
+    else:
+        train_cfg = TrainConfig(**overrides)
+    if not resume and (run_dir / "checkpoint.safetensors").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if model_cfg.image_size % 4 or model_cfg.image_size <= 0:
+        raise ConfigError(f"--image-size must be a positive multiple of 4, got {model_cfg.image_size}")
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    train_cfg.validate()
+    dist, dev = init_distributed(device)
+    torch.manual_seed(train_cfg.seed)
+
+    images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir)
+    if len(images.images) < 2:
+        raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
+    tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
+    if epochs is not None:
+        train_cfg.steps = max(1, math.ceil(epochs * len(tr) / train_cfg.batch_size))
+    train_images = images.images[tr].to(dev)
+    val_images = images.images[va]
+    fixed = val_images[:32]
+
+    model = VQVAE(model_cfg).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    objective = VQVAEObjective(model, flip=flip)
+    batches = TensorBatches((train_images,), train_cfg.batch_size, train_cfg.seed, dist)
+
+    def export() -> None:
+        save_vqvae(model, run_dir / WEIGHTS_FILE)
+        save_png(reconstruction_grid(model, fixed), run_dir / GRID_FILE)
+
+    run_meta = {
+        "kind": "vqvae",
+        "vqvae_config": model_cfg.to_dict(),
+        "data": {"spec": images.source, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "flip": flip,
+                 "num_train": len(tr), "num_val": len(va)},
+    }
+    trainer = Trainer(objective, batches, train_cfg, run_dir, dev, dist, run_meta=run_meta, export=export,
+                      evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
+                      describe_metrics=_batch_metrics, compile=compile)
+    summary = trainer.fit(resume=resume)
+    summary.update({"steps": trainer.step, "weights": str(run_dir / WEIGHTS_FILE)})
+    return summary
+
+
+# -- using a trained VQ-VAE --------------------------------------------------------------------------------
+def open_vqvae(path: str | None, device: str = "auto") -> tuple[VQVAE, str, str]:
+    """Load the given VQ-VAE, or the shipped one when path is None; returns (model, sha256, path)."""
+    from vqgen.weights import shipped
+
+    path = path or shipped("vqvae")
+    model, sha = load_vqvae(path, resolve_device(device))
+    return model, sha, str(path)
+
+
+@torch.no_grad()
+def _encode_all(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    out = [model.encode(images[i : i + batch_size].to(device).float() / 255).cpu()
+           for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device: str = "auto",
+                batch_size: int = 256, nrow: int = 8, cache_dir: str | None = None,
+                data_root: str | None = None) -> dict:
+    """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs."""
+    from vqgen.data import load_inputs
+
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    model, _, path = open_vqvae(vqvae, device)
+    out = Path(out)
+    if out.suffix.lower() == ".png" and not out.parent.exists():
+        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    images = load_inputs(inputs, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
+    dev = next(model.parameters()).device
+    recons, sq = [], 0.0
+    for i in range(0, len(images.images), batch_size):
+        x = images.images[i : i + batch_size].to(dev).float() / 255
+        x_hat = model.decode(model.encode(x))
+        sq += float(((x_hat - x) ** 2).mean(dim=(1, 2, 3)).sum())
+        recons.append(x_hat.cpu())
+    recon = torch.cat(recons)
+    n = len(images.images)
+    if out.suffix.lower() == ".png":
+        shown = min(n, 64)
+        if n > shown:
+            log.note(f"the grid shows the first {shown} of {n} images; the figures cover all {n}")
+        rows = -(-shown // nrow) * nrow
+        blank = torch.ones(rows - shown, 3, *recon.shape[2:])
+        top = torch.cat([images.images[:shown].float() / 255, blank])
+        save_png(make_grid(torch.cat([top, torch.cat([recon[:shown], blank])]), nrow=nrow), out)
+    else:
+        for rel, img in zip(images.paths, recon):
+            target = (out / rel).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_png(img, target)
+    mse = sq / n
+    return {"images": n, "mse": mse, "psnr": psnr_from_mse(mse), "out": str(out), "vqvae": path}
+
+
+def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
+           device: str = "auto", batch_size: int = 500, data_root: str | None = None,
+           cache_dir: str | None = None) -> dict:
+    """Encode a data set (or its seeded train/val split) into an index-grid file."""
+    from vqgen.data import load_images, split_indices
+
+    if split not in ("train", "val", "all"):
+        raise ConfigError(f"--split must be train, val or all, got {split!r}")
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    model, sha, path = open_vqvae(vqvae, device)
+    out = Path(out)
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
+    idx = torch.arange(len(images.images))
+    if split != "all":
+        tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
+        idx = tr if split == "train" else va
+    codes = _encode_all(model, images.images[idx], batch_size)
+    labels = images.labels[idx] if images.labels is not None else None
+    cs = CodeSet(codes, model.config.codebook_size, labels, list(images.class_names), sha,
+                 f"{images.source}#{split}")
+    write_codes(out, cs)
+    usage = code_usage(codes, cs.num_codes)
+    return {"out": str(out), "grids": len(cs), "height": cs.height, "width": cs.width, "num_codes": cs.num_codes,
+            "codes_used": usage["codes_used"], "unigram_entropy_bits": usage["unigram_entropy_bits"],
+            "split": split, "vqvae": path}

@@ -1,0 +1,349 @@
+"""One training loop for both stages. It takes an objective (batch -> loss, metrics) and a batch source
+and knows nothing about which model it trains (minGPT's trainer). It owns progress, metrics.jsonl,
+atomic checkpoints, bit-exact resume, Ctrl+C, non-finite losses and DistributedDataParallel."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from vqgen import log
+from vqgen.checkpoint import KIND_STATE, load_tensors, meta_json, save_tensors
+from vqgen.errors import CheckpointError, TrainingError
+from vqgen.runtime import Dist, autocast
+
+STATE_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 13_000  # optimiser steps in total (~30 min of the default VQ-VAE on a 2-core AVX-512 CPU)
+    batch_size: int = 128  # global batch; each of N processes takes batch_size / N
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    lr_schedule: str = "cosine"  # "cosine" decays to min_lr_ratio * lr at the last step; "constant" holds it
+    warmup: int = 100  # linear warmup steps
+    min_lr_ratio: float = 0.1  # floor of the cosine schedule, as a fraction of lr
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0 = off)
+    seed: int = 0  # seeds weights, data order, augmentation and sampling inside training
+    log_every: int = 50  # steps between metrics.jsonl records
+    eval_every: int = 1000  # steps between held-out evaluations (0 = only at the end)
+    checkpoint_every: int = 1000  # steps between checkpoints (always one at the end)
+    amp: bool = True  # bf16 autocast for the network (the quantiser stays fp32)
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) <= 0:
+                raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise TrainingError(f"--lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise TrainingError(f"--lr-schedule must be cosine or constant, got {self.lr_schedule!r}")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class TensorBatches:
+    """Batches as slices of a seeded permutation of tensors already on the device; resumable.
+
+    Epoch e uses the permutation seeded by (seed, e), so the position (epoch, offset) is the whole state.
+    Under torchrun each rank takes its contiguous share of every global batch.
+    """
+
+    def __init__(self, tensors: tuple, batch_size: int, seed: int, dist: Dist = Dist()):
+        self.tensors = tuple(t for t in tensors if t is not None)
+        self.n = int(self.tensors[0].shape[0])
+        if batch_size % dist.world_size:
+            raise TrainingError(f"--batch-size {batch_size} must be divisible by the {dist.world_size} processes")
+        self.batch_size = min(batch_size, self.n)
+        self.seed, self.dist = seed, dist
+        self.epoch, self.offset = 0, 0
+        self._perm = None
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = torch.randperm(self.n, generator=g).to(self.tensors[0].device)
+        return self._perm
+
+    def __next__(self) -> tuple:
+        if self.offset + self.batch_size > self.n:  # drop the ragged tail: every step sees a full batch
+            self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
+        idx = self._permutation()[self.offset : self.offset + self.batch_size]
+        self.offset += self.batch_size
+        share = self.batch_size // self.dist.world_size
+        idx = idx[self.dist.rank * share : (self.dist.rank + 1) * share]
+        return tuple(t[idx] for t in self.tensors)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.offset, self._perm = int(s["epoch"]), int(s["offset"]), None
+
+
+# -- training state on disk -------------------------------------------------------------------------------
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict, info: dict) -> dict:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in info["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def run_state_exists(run_dir: Path) -> bool:
+    return (Path(run_dir) / STATE_FILE).exists()
+
+
+def read_run_meta(run_dir: Path) -> dict[str, str]:
+    """Metadata of a run folder's training state (model kind/config, train config), for --resume."""
+    path = Path(run_dir) / STATE_FILE
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"cannot resume: {run_dir} does not exist; start a run there without --resume")
+    if not path.exists():
+        raise CheckpointError(f"cannot resume: {run_dir} holds no {STATE_FILE}; start a new run without --resume")
+    from vqgen.checkpoint import read_header
+
+    _, meta = read_header(path)
+    if meta.get("format") != KIND_STATE:
+        raise CheckpointError(f"cannot resume: {path} is not a vqgen training state")
+    return meta
+
+
+def resumed_config(meta: dict[str, str], overrides: dict) -> TrainConfig:
+    """The stored TrainConfig of a run, with the options given now (say a larger --steps) applied on top."""
+    stored = json.loads(meta["train_config"])
+    stored.update(overrides)
+    return TrainConfig(**stored)
+
+
+class Trainer:
+    """Fits `objective` (a module whose forward(*batch) returns (loss, metrics)) on `batches`."""
+
+    def __init__(
+        self,
+        objective: nn.Module,
+        batches: TensorBatches,
+        cfg: TrainConfig,
+        run_dir: Path,
+        device: torch.device,
+        dist: Dist = Dist(),
+        run_meta: dict | None = None,
+        export: Callable[[], None] | None = None,
+        evaluate: Callable[[], dict] | None = None,
+        describe_metrics: Callable[[dict], dict] | None = None,
+        compile: bool = False,
+    ):
+        cfg.validate()
+        self.objective, self.batches, self.cfg = objective, batches, cfg
+        self.run_dir, self.device, self.dist = Path(run_dir), device, dist
+        self.run_meta = run_meta or {}  # model kind/config: stored in the state so --resume can rebuild it
+        self.export, self.evaluate = export, evaluate
+        self.describe_metrics = describe_metrics or (lambda m: m)
+        params = [p for p in objective.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        self.step = 0
+        self.net: nn.Module = objective
+        if dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # codebook statistics are all-reduced inside the quantiser, so buffers need no broadcast
+            self.net = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                           broadcast_buffers=False)
+        if compile:
+            self.net = torch.compile(self.net)
+        self._stop_requested = False
+
+    # -- state ------------------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        if not self.dist.main:
+            return
+        tensors = {f"model.{k}": v for k, v in self.objective.state_dict().items()}
+        opt_tensors, opt_info = _flatten_optimizer(self.opt)
+        tensors.update(opt_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        meta = {
+            "step": str(self.step),
+            "train_config": asdict(self.cfg),
+            "optimizer": opt_info,
+            "batches": self.batches.state_dict(),
+            "python_rng": _py_rng_to_json(random.getstate()),
+            "world_size": self.dist.world_size,
+            **self.run_meta,
+        }
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # one file holds everything resume needs and is renamed into place in one step, so a kill at any
+        # moment leaves either the previous state or the new one, never a mixture
+        save_tensors(self.run_dir / STATE_FILE, tensors, KIND_STATE, meta)
+        if self.export is not None:
+            self.export()
+
+    def load_state(self) -> None:
+        path = self.run_dir / STATE_FILE
+        tensors, meta = load_tensors(path, KIND_STATE, device="cpu")
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.objective.load_state_dict(model_sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
+        self.opt.load_state_dict(_unflatten_optimizer(tensors, meta_json(meta, "optimizer", path)))
+        self.step = int(meta["step"])
+        self.batches.load_state_dict(meta_json(meta, "batches", path))
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+        random.setstate(_py_rng_from_json(meta_json(meta, "python_rng", path)))
+
+    # -- metrics ----------------------------------------------------------------------------------------
+    def _write_metrics(self, record: dict) -> None:
+        if self.dist.main:
+            with open(self.run_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        """Train to cfg.steps; returns the final evaluation (or the last metrics when there is none)."""
+        cfg = self.cfg
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_state()
+            self._write_metrics({"event": "resume", "step": self.step, "time": time.time()})
+            log.note(f"resuming {self.run_dir} at step {self.step}")
+        else:
+            self._write_metrics(
+                {"event": "config", "train": asdict(cfg), "world_size": self.dist.world_size, **self.run_meta}
+            )
+        prev_handler = signal.getsignal(signal.SIGINT)
+        if self.dist.main:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            result = self._loop()
+        finally:
+            signal.signal(signal.SIGINT, prev_handler)
+        return result
+
+    def _on_sigint(self, *_):
+        if self._stop_requested:  # second Ctrl+C: leave now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def _loop(self) -> dict:
+        cfg, last = self.cfg, {}
+        self.objective.train()
+        start_step, t0 = self.step, time.perf_counter()
+        last_good = self.step
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), console=log.console, disable=log.quiet() or not self.dist.main,
+            transient=False,
+        )
+        with progress:
+            task = progress.add_task("train", total=cfg.steps, completed=self.step, info="")
+            while self.step < cfg.steps:
+                if self._stop_requested:
+                    progress.stop()
+                    self.save_state()
+                    raise KeyboardInterrupt
+                for g in self.opt.param_groups:
+                    g["lr"] = lr_at(cfg, self.step)
+                batch = next(self.batches)
+                with autocast(self.device, cfg.amp):
+                    loss, metrics = self.net(*batch)
+                if not torch.isfinite(loss):
+                    progress.stop()
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {self.step + 1}; stopped without saving. The last good "
+                        f"checkpoint (step {last_good}) is in {self.run_dir}; resume with --resume and a lower --lr"
+                    )
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.grad_clip)
+                self.opt.step()
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - t0
+                    rec = {"step": self.step, "loss": loss.item(), "lr": self.opt.param_groups[0]["lr"]}
+                    rec.update(self.describe_metrics(metrics))
+                    rec["images_per_s"] = (self.step - start_step) * cfg.batch_size / max(elapsed, 1e-9)
+                    rec["elapsed_s"] = elapsed
+                    self._write_metrics(rec)
+                    last = rec
+                    progress.update(task, completed=self.step, info=_fmt(rec))
+                elif not progress.disable:
+                    progress.update(task, completed=self.step)
+                if self.evaluate and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self._run_eval()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_state()
+                    last_good = self.step
+        result = self._run_eval() if self.evaluate else {}
+        return {**last, **result, "images_per_s": last.get("images_per_s", 0.0)}
+
+    def _run_eval(self) -> dict:
+        self.objective.eval()
+        res = self.evaluate() if self.dist.main else {}
+        self.objective.train()
+        if self.dist.main:
+            self._write_metrics({"event": "eval", "step": self.step, **res})
+            if log.quiet():
+                log.note(f"step {self.step}: " + _fmt(res))
+        return res
+
+
+def _fmt(rec: dict) -> str:
+    skip = {"step", "elapsed_s", "lr", "event"}
+    parts = []
+    for k, v in rec.items():
+        if k in skip:
+            continue
+        parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+    return "  ".join(parts)
+
+
+def _py_rng_to_json(state) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _py_rng_from_json(s) -> tuple:
+    return (s[0], tuple(s[1]), s[2])

@@ -1,0 +1,166 @@
+"""The VQ-VAE of van den Oord et al. 2017: conv encoder -> vector quantiser -> conv decoder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vqgen.quantizer import QuantizerOutput, VectorQuantizer
+
+
+@dataclass
+class VQVAEConfig:
+    image_size: int = 32  # input side in pixels; any multiple of 4, the code grid is image_size/4 square
+    hidden: int = 128  # channels of the full-resolution-of-codes trunk (encoder after downsampling, decoder before)
+    res_blocks: int = 2  # residual blocks in the encoder and in the decoder
+    res_channels: int = 32  # bottleneck channels inside each residual block
+    codebook_size: int = 512  # K, number of codes
+    code_dim: int = 64  # D, dimension of each code vector
+    beta: float = 0.25  # weight of the commitment loss ||z_e - sg[e]||^2
+    quantizer: str = "ema"  # "ema": codebook moved by EMA of assigned vectors; "vq": codebook loss + Adam
+    ema_decay: float = 0.99  # decay of the EMA codebook statistics and of the code-usage tracker
+    restart_threshold: float = 0.03  # a code used less than this fraction of its fair share is restarted
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VQVAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown VQ-VAE config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int, res_ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, res_ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(res_ch, ch, 1)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: VQVAEConfig):
+        super().__init__()
+        h = c.hidden
+        self.net = nn.Sequential(
+            nn.Conv2d(3, h // 2, 4, stride=2, padding=1),  # (b, 3, 32, 32) -> (b, h/2, 16, 16)
+            nn.ReLU(),
+            nn.Conv2d(h // 2, h, 4, stride=2, padding=1),  # -> (b, h, 8, 8)
+            nn.ReLU(),
+            nn.Conv2d(h, h, 3, padding=1),
+            *[ResBlock(h, c.res_channels) for _ in range(c.res_blocks)],
+            nn.ReLU(),
+            nn.Conv2d(h, c.code_dim, 1),  # -> (b, D, 8, 8) = z_e
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: VQVAEConfig):
+        super().__init__()
+        h = c.hidden
+        self.net = nn.Sequential(
+            nn.Conv2d(c.code_dim, h, 3, padding=1),  # (b, D, 8, 8) -> (b, h, 8, 8)
+            *[ResBlock(h, c.res_channels) for _ in range(c.res_blocks)],
+            nn.ReLU(),
+            nn.ConvTranspose2d(h, h // 2, 4, stride=2, padding=1),  # -> (b, h/2, 16, 16)
+            nn.ReLU(),
+            nn.ConvTranspose2d(h // 2, 3, 4, stride=2, padding=1),  # -> (b, 3, 32, 32)
+        )
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class VQVAE(nn.Module):
+    """Images in [0, 1] in, reconstructions on the same scale out; the model works internally in [-1, 1]."""
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = VectorQuantizer(
+            config.codebook_size,
+            config.code_dim,
+            beta=config.beta,
+            kind=config.quantizer,
+            decay=config.ema_decay,
+            restart_threshold=config.restart_threshold,
+        )
+        self.decoder = Decoder(config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
+        """x (b, 3, S, S) in [0, 1] -> (x_hat (b, 3, S, S) on the [0, 1] scale, quantiser output)."""
+        q = self.quantizer(self.encoder(x * 2 - 1))
+        return (self.decoder(q.z_q) + 1) / 2, q
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b, 3, S, S) in [0, 1] -> index grid (b, S/4, S/4) int64."""
+        z = self.encoder(x * 2 - 1).float()
+        b, d, h, w = z.shape
+        return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Index grid (b, h, w) -> images (b, 3, 4h, 4w) clamped to [0, 1]."""
+        z_q = self.quantizer.lookup(indices)
+        dtype = next(self.decoder.parameters()).dtype
+        return ((self.decoder(z_q.to(dtype)) + 1) / 2).clamp(0, 1)
+
+
+class VQVAEObjective(nn.Module):
+    """The stage-1 training loss around a VQVAE, in the form the trainer expects: batch -> (loss, metrics)."""
+
+    def __init__(self, model: VQVAE, flip: bool = False):
+        super().__init__()
+        self.model, self.flip = model, flip
+
+    def forward(self, images: torch.Tensor, *_):
+        x = images.float() / 255  # uint8 (b, 3, S, S) -> float in [0, 1]
+        if self.flip:
+            mask = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        x_hat, q = self.model(x)
+        recon = F.mse_loss(x_hat.float(), x) * 4  # *4: MSE on the model's [-1, 1] scale
+        loss = recon + q.loss
+        return loss, {
+            "recon_mse": recon.detach() / 4,  # reported on the [0, 1] pixel scale
+            "commitment": q.commitment.detach(),
+            "counts": q.counts,
+        }
+
+
+# -- weights files ------------------------------------------------------------------------------------------
+def save_vqvae(model: VQVAE, path) -> None:
+    """Write weights with the config as JSON metadata, atomically."""
+    from vqgen.checkpoint import KIND_VQVAE, save_tensors
+
+    save_tensors(path, model.state_dict(), KIND_VQVAE, {"config": model.config.to_dict()})
+
+
+def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
+    """Rebuild a VQVAE from its weights file; returns (model in eval mode, sha256 of the file)."""
+    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, file_sha256, load_tensors, meta_json
+
+    tensors, meta = load_tensors(path, KIND_VQVAE)
+    try:
+        model = VQVAE(VQVAEConfig.from_dict(meta_json(meta, "config", path)))
+        model.load_state_dict(tensors)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: weights do not match their config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), file_sha256(path)

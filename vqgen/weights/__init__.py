@@ -1,0 +1,21 @@
+"""The shipped CIFAR-10 weights, used when --vqvae / --prior are not given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vqgen.errors import ConfigError
+
+_HERE = Path(__file__).parent
+FILES = {"vqvae": "vqvae.safetensors", "prior": "prior.safetensors"}
+
+
+def shipped(kind: str) -> Path:
+    """Path of the shipped weights of this kind, or a ConfigError saying how to proceed without them."""
+    path = _HERE / FILES[kind]
+    if not path.exists():
+        raise ConfigError(
+            f"no shipped {kind} weights in this installation; pass --{kind} with a file you trained "
+            f"(see `vqgen train-{'vqvae' if kind == 'vqvae' else 'prior'} --help`)"
+        )
+    return path
