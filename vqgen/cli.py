@@ -276,5 +276,53 @@ def list_priors_cmd(as_json: bool = JsonOpt):
             typer.echo(f"{name:<{width}}  {origin}")
 
 
+@app.command(epilog="Example: vqgen evaluate --data cifar10:test --json figures.json")
+@friendly
+def evaluate(
+    data: str = typer.Option(..., "--data", help="cifar10[:train|:test] or a folder of images."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="Prior weights: adds bits per code / per dim."),
+    split: str = typer.Option("all", "--split", help="all | train | val (the seeded held-out split of --data)."),
+    val_fraction: float = typer.Option(0.02, "--val-fraction", help="Held-out fraction defining the split."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as one flat JSON object here."),
+    fid: int = typer.Option(0, "--fid", help="Frechet Inception distance of this many samples (needs vqgen[fid])."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the --fid samples."),
+    batch_size: int = typer.Option(250, "--batch-size", help="Images per forward pass."),
+    device: str = DeviceOpt,
+    data_root: Optional[str] = DataRootOpt,
+    cache_dir: Optional[str] = CacheOpt,
+):
+    """Reconstruction quality, codebook usage and prior likelihood on one image set."""
+    _positive("--batch-size", batch_size)
+    if fid < 0:
+        raise typer.BadParameter(f"must be >= 0, got {fid}", param_hint="--fid")
+    from vqgen.evaluate import evaluate_models
+
+    if json_out is not None and not (json_out.parent if str(json_out.parent) else Path(".")).is_dir():
+        from vqgen.errors import ConfigError
+
+        raise ConfigError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
+    figures = evaluate_models(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction,
+                              batch_size=batch_size, device=device, fid=fid, seed=seed, data_root=data_root,
+                              cache_dir=cache_dir)
+    if json_out is not None:
+        from vqgen.checkpoint import atomic_path
+
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(figures, indent=2) + "\n")
+    from rich.table import Table
+
+    from vqgen import log
+
+    table = Table(title=f"vqgen evaluate: {data} ({split})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in figures.items():
+        table.add_row(k, f"{v:.5g}" if isinstance(v, float) else str(v))
+    from rich.console import Console
+
+    Console(highlight=False).print(table)
+
+
 def main() -> None:
     app()

@@ -12,7 +12,7 @@ import torch
 from vqgen import log
 from vqgen.codes import CodeSet, write_codes
 from vqgen.errors import ConfigError, DataError
-from vqgen.evaluate import code_usage, psnr_from_mse
+from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
 from vqgen.images import make_grid, save_png
 from vqgen.runtime import autocast, init_distributed, resolve_device
 from vqgen.train import Trainer, TensorBatches, TrainConfig, read_run_meta, resumed_config
@@ -29,19 +29,17 @@ def evaluate_reconstruction(model: VQVAE, images: torch.Tensor, batch_size: int 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sq, n, hist = 0.0, 0, torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
+    stats = RunningStats(model.config.codebook_size, with_ssim=False)
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size].to(device).float() / 255
         with autocast(device, amp):
             x_hat, q = model(x)
-        sq += float(((x_hat.float().clamp(0, 1) - x) ** 2).mean(dim=(1, 2, 3)).sum())
-        n += x.shape[0]
-        hist += torch.bincount(q.indices.flatten(), minlength=hist.numel())
+        stats.update_images(x, x_hat.float().clamp(0, 1))
+        stats.update_codes(q.indices)
     model.train(was_training)
-    mse = sq / max(n, 1)
-    usage = code_usage(hist, model.config.codebook_size, counts=True)
-    return {"val_mse": mse, "val_psnr": psnr_from_mse(mse), "codes_used": usage["codes_used"],
-            "perplexity": usage["perplexity"], "num_codes": model.config.codebook_size, "val_images": n}
+    s = stats.summary()
+    return {"val_mse": s["mse"], "val_psnr": s["psnr"], "codes_used": s["codes_used"],
+            "perplexity": s["perplexity"], "num_codes": model.config.codebook_size, "val_images": s["images"]}
 
 
 @torch.no_grad()
