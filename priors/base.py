@@ -42,6 +42,9 @@ class Prior(nn.Module):
 
     name: ClassVar[str] = ""  # registry name, set by register_prior (or the entry-point loader)
     config_class: ClassVar[type[PriorConfig]] = PriorConfig
+    # True: the logits at (i, j) depend on *every* earlier position (the contract test checks it). Set False
+    # for a prior that deliberately sees only part of the past; causality itself is always checked.
+    full_context: ClassVar[bool] = True
 
     def __init__(self, config: PriorConfig):
         super().__init__()
