@@ -33,13 +33,35 @@ _KIND_WORDS = {
 _MAX_HEADER = 100 * 1024 * 1024
 
 
+def check_parent(path: str | os.PathLike) -> None:
+    """Refuse an output path whose folder is missing or is a file, saying which (call it before any work)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.is_dir():
+        return
+    p = parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise CheckpointError(f"cannot write {path}: {p} is a file, not a folder")
+    raise CheckpointError(f"cannot write {path}: folder {parent} does not exist; create it first")
+
+
+def first_problem(e: BaseException) -> str:
+    """The informative line of an exception (load_state_dict's first line only says that errors follow)."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    line = lines[0] if lines else type(e).__name__
+    return line if len(line) <= 200 else line[:200] + "…"  # a list of 80 missing keys is not one clear line
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise CheckpointError(f"cannot write {path}: folder {parent} does not exist; create it first")
+    check_parent(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
@@ -75,7 +97,10 @@ def save_tensors(path: str | os.PathLike, tensors: dict, kind: str, meta: dict[s
         md[k] = v if isinstance(v, str) else json.dumps(v)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=md)
+        try:
+            save_file(tensors, str(tmp), metadata=md)
+        except OSError as e:  # disk full, quota, I/O error: the previous file at `path` stays as it was
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
@@ -85,25 +110,32 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass a .safetensors file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is empty or truncated ({size} bytes); not a safetensors file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is empty or truncated ({size} bytes); not a safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            raw = f.read(n) if 2 <= n <= _MAX_HEADER and 8 + n <= size else b""
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    # a safetensors header is a JSON object; judge by that, not by the first byte alone: a valid header
+    # length can start with 0x80 or "PK" too (a header of 384 bytes does)
+    if not raw.startswith(b"{"):
         if head[:1] == b"\x80" or head[:2] == b"PK":
             raise CheckpointError(
                 f"{path} looks like a pickle / torch.save file; vqgen only loads safetensors and never unpickles"
             )
-        (n,) = struct.unpack("<Q", head)
-        if n < 2 or n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path} is not a valid safetensors file (bad or truncated header)")
-        raw = f.read(n)
+        raise CheckpointError(f"{path} is not a valid safetensors file (bad or truncated header)")
     try:
         header = json.loads(raw.decode("utf-8"))
         assert isinstance(header, dict)
     except Exception:
         raise CheckpointError(f"{path} is not a valid safetensors file (header is not JSON)") from None
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{path} is not a valid safetensors file (metadata must map strings to strings)")
     end = 0
     for name, info in header.items():
         try:

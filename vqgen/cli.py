@@ -50,17 +50,36 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except VqgenError as e:
-            log.error(str(e))
+            rank = _rank()
+            if rank:  # ranks > 0 are quiet under torchrun, but their own errors (a file missing there) must show
+                log.console.quiet = False
+            log.error(f"rank {rank}: {e}" if rank else str(e))
             raise typer.Exit(1)
-        except KeyboardInterrupt:
-            log.error("interrupted")
+        except KeyboardInterrupt as e:
+            # Interrupted (training) says where its checkpoint is and how to resume; a bare Ctrl+C has no words
+            if str(e):
+                log.note(str(e))
+            else:
+                log.error("interrupted")
             raise typer.Exit(130)
 
     return wrapper
 
 
+def _rank() -> int:
+    """This process's rank under torchrun, 0 without it (read from its environment: no torch import)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE") or 1) < 2:
+        return 0
+    return int(os.environ.get("RANK") or 0)
+
+
 def emit(summary: dict, as_json: bool) -> None:
-    """A command's result on stdout: JSON with --json, else aligned `key: value` lines."""
+    """A command's result on stdout: JSON with --json, else aligned `key: value` lines. Under torchrun only
+    rank 0 prints it: stdout stays one result, whatever the number of processes."""
+    if _rank():
+        return
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -253,6 +272,7 @@ def sample(
     as_json: bool = JsonOpt,
 ):
     """Generate images: draw code grids from the prior and decode them with the VQ-VAE."""
+    _positive("--n", n)
     _positive("--nrow", nrow)
     _positive("--batch-size", batch_size)
     from vqgen.sampling import sample as run
@@ -298,10 +318,10 @@ def evaluate(
         raise typer.BadParameter(f"must be >= 0, got {fid}", param_hint="--fid")
     from vqgen.evaluate import evaluate_models
 
-    if json_out is not None and not (json_out.parent if str(json_out.parent) else Path(".")).is_dir():
-        from vqgen.errors import ConfigError
+    if json_out is not None:
+        from vqgen.checkpoint import check_parent
 
-        raise ConfigError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
+        check_parent(json_out)
     figures = evaluate_models(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction,
                               batch_size=batch_size, device=device, fid=fid, seed=seed, data_root=data_root,
                               cache_dir=cache_dir)

@@ -87,7 +87,7 @@ def read_codes(path: str | os.PathLike) -> CodeSet:
 
 def _validate(cs: CodeSet, p: str) -> None:
     c = cs.codes
-    if c.dim() != 3 or c.shape[0] == 0:
+    if c.dim() != 3 or c.numel() == 0:
         raise CodesError(f"{p}: codes must be a non-empty (N, H, W) grid, got shape {tuple(c.shape)}")
     if c.dtype.is_floating_point or c.dtype == torch.bool:
         raise CodesError(f"{p}: codes must be integers, got {c.dtype}")
@@ -100,7 +100,9 @@ def _validate(cs: CodeSet, p: str) -> None:
         lab = cs.labels
         if lab.dim() != 1 or lab.shape[0] != c.shape[0] or lab.dtype != torch.int64:
             raise CodesError(f"{p}: labels must be int64 of shape ({c.shape[0]},), got {lab.dtype} {tuple(lab.shape)}")
-        if cs.class_names and (int(lab.min()) < 0 or int(lab.max()) >= len(cs.class_names)):
+        if int(lab.min()) < 0:
+            raise CodesError(f"{p}: labels must be class indices >= 0, found {int(lab.min())}")
+        if cs.class_names and int(lab.max()) >= len(cs.class_names):
             raise CodesError(f"{p}: labels fall outside the {len(cs.class_names)} class names")
 
 

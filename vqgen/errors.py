@@ -23,3 +23,7 @@ class ConfigError(VqgenError):
 
 class TrainingError(VqgenError):
     """Training cannot go on (non-finite loss, resume from an empty folder, ...)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl+C stopped training after a checkpoint was written; the message says how to resume."""

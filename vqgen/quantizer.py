@@ -97,7 +97,15 @@ class VectorQuantizer(nn.Module):
     # -- codebook maintenance (all under no_grad; identical on every rank) -----------------------------
     @torch.no_grad()
     def _pick_rows(self, flat: torch.Tensor, n: int) -> torch.Tensor:
-        """n rows of flat chosen at random (with replacement when there are too few), same on every rank."""
+        """n rows of flat chosen at random (with replacement when there are too few), same on every rank.
+
+        Under DDP the rows come from the whole global batch (every rank's share, gathered in rank order), so
+        codebook init and restarts draw from the same vectors, with the same random numbers, as one process
+        training on that batch; rank 0's pick is then broadcast so the ranks cannot drift apart."""
+        if _distributed():
+            parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, flat.contiguous())
+            flat = torch.cat(parts)
         if flat.shape[0] >= n:
             rows = flat[torch.randperm(flat.shape[0], device=flat.device)[:n]]
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
 from vqgen.errors import ConfigError
 from vqgen.images import make_grid, save_png
@@ -56,11 +57,11 @@ def sample(
         raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
     out = Path(out)
     as_grid = out.suffix.lower() == ".png"
-    parent = out.parent if as_grid else out.parent
-    if not (parent if str(parent) else Path(".")).is_dir():
-        raise ConfigError(f"cannot write {out}: folder {parent} does not exist")
-    if save_codes and not Path(save_codes).parent.is_dir():
-        raise ConfigError(f"cannot write {save_codes}: folder {Path(save_codes).parent} does not exist")
+    check_parent(out)
+    if not as_grid and out.exists() and not out.is_dir():
+        raise ConfigError(f"cannot write samples into {out}: it is a file; give a folder or a .png path")
+    if save_codes:
+        check_parent(save_codes)
     dev = resolve_device(device)
     model_p, pmeta = load_prior(prior or shipped("prior"), dev)
     model_v, vsha, _ = open_vqvae(vqvae, str(dev))
@@ -87,7 +88,10 @@ def sample(
     if as_grid:
         save_png(make_grid(imgs, nrow=nrow), out)
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create folder {out}: {e.strerror or e}") from None
         width = len(str(n - 1))
         for i, img in enumerate(imgs):
             save_png(img, out / f"sample_{i:0{width}d}.png")

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from vqgen import log
+from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
 from vqgen.errors import ConfigError, DataError
 from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
 from vqgen.images import make_grid, save_png
-from vqgen.runtime import autocast, init_distributed, resolve_device
-from vqgen.train import Trainer, TensorBatches, TrainConfig, read_run_meta, resumed_config
+from vqgen.runtime import autocast, init_distributed, local_main_first, resolve_device
+from vqgen.train import Trainer, TensorBatches, TrainConfig, check_run_dir, read_run_meta, resumed_config
 from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae
 
 SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
@@ -82,7 +84,7 @@ def train_vqvae(
     run_dir = Path(run_dir)
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
     if resume:
-        meta = read_run_meta(run_dir)
+        meta = read_run_meta(run_dir, "vqvae")
         model_cfg = VQVAEConfig.from_dict(json.loads(meta["vqvae_config"]))
         d = json.loads(meta["data"])
         data, val_fraction, flip = d["spec"], d["val_fraction"], d["flip"]
@@ -91,6 +93,7 @@ def train_vqvae(
         train_cfg = TrainConfig(**overrides)
     if not resume and (run_dir / "checkpoint.safetensors").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    check_run_dir(run_dir)
     if model_cfg.image_size % 4 or model_cfg.image_size <= 0:
         raise ConfigError(f"--image-size must be a positive multiple of 4, got {model_cfg.image_size}")
     if not 0 < val_fraction < 1:
@@ -99,7 +102,8 @@ def train_vqvae(
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
 
-    images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir)
+    with local_main_first(dist):  # under torchrun one process per machine downloads / caches, then the rest read
+        images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir)
     if len(images.images) < 2:
         raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
     tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
@@ -127,7 +131,8 @@ def train_vqvae(
     }
     trainer = Trainer(objective, batches, train_cfg, run_dir, dev, dist, run_meta=run_meta, export=export,
                       evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
-                      describe_metrics=_batch_metrics, compile=compile)
+                      describe_metrics=_batch_metrics, compile=compile,
+                      resume_command=f"vqgen train-vqvae --out {shlex.quote(str(run_dir))} --resume")
     summary = trainer.fit(resume=resume)
     summary.update({"steps": trainer.step, "weights": str(run_dir / WEIGHTS_FILE)})
     return summary
@@ -161,8 +166,10 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, _, path = open_vqvae(vqvae, device)
     out = Path(out)
-    if out.suffix.lower() == ".png" and not out.parent.exists():
-        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.suffix.lower() == ".png":
+        check_parent(out)
+    elif out.exists() and not out.is_dir():
+        raise ConfigError(f"cannot write reconstructions into {out}: it is a file; give a folder or a .png path")
     images = load_inputs(inputs, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
     dev = next(model.parameters()).device
     recons, sq = [], 0.0
@@ -184,7 +191,10 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     else:
         for rel, img in zip(images.paths, recon):
             target = (out / rel).with_suffix(".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create folder {target.parent}: {e.strerror or e}") from None
             save_png(img, target)
     mse = sq / n
     return {"images": n, "mse": mse, "psnr": psnr_from_mse(mse), "out": str(out), "vqvae": path}
@@ -202,8 +212,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, sha, path = open_vqvae(vqvae, device)
     out = Path(out)
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
     idx = torch.arange(len(images.images))
     if split != "all":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import typing
 from dataclasses import asdict
 from pathlib import Path
@@ -12,11 +13,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vqgen.checkpoint import KIND_PRIOR, CheckpointError, file_sha256, load_tensors, meta_json, save_tensors
+from vqgen.checkpoint import (KIND_PRIOR, CheckpointError, file_sha256, first_problem, load_tensors, meta_json,
+                              save_tensors)
 from vqgen.codes import CodeSet, read_codes
 from vqgen.errors import CodesError, ConfigError
 from vqgen.runtime import autocast, init_distributed, resolve_device
-from vqgen.train import Trainer, TensorBatches, TrainConfig, read_run_meta, resumed_config
+from vqgen.train import Trainer, TensorBatches, TrainConfig, check_run_dir, read_run_meta, resumed_config
 
 WEIGHTS_FILE = "prior.safetensors"
 SPLIT_SEED = 0
@@ -39,13 +41,16 @@ def load_prior(path, device: torch.device | str = "cpu"):
     name = raw.get("prior")
     if not name:
         raise CheckpointError(f"{path} names no prior in its metadata; it was not written by vqgen")
-    cls = get_prior(name)
+    try:
+        cls = get_prior(name)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} was written by a prior this installation lacks: {e}") from None
     cfg = meta_json(raw, "config", path)
     try:
         prior = cls(cls.config_class(**cfg))
         prior.load_state_dict(tensors)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: weights do not match the {name} config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: weights do not match the {name} config ({first_problem(e)})") from None
     meta = {"prior": name, "config": cfg, "class_names": meta_json(raw, "class_names", path),
             "vqvae_sha256": raw.get("vqvae_sha256", ""), "sha256": file_sha256(path), "path": str(path)}
     return prior.to(device).eval(), meta
@@ -142,7 +147,7 @@ def train_prior(
     run_dir = Path(run_dir)
     overrides = dict(train)
     if resume:
-        meta = read_run_meta(run_dir)
+        meta = read_run_meta(run_dir, "prior")
         d = json.loads(meta["data"])
         codes_path, val_codes, val_fraction = d["codes"], d["val_codes"], d["val_fraction"]
         prior_name, cfg_dict = meta["prior"], json.loads(meta["prior_config"])
@@ -150,6 +155,7 @@ def train_prior(
     else:
         if (run_dir / "checkpoint.safetensors").exists():
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        check_run_dir(run_dir)
         train_cfg = TrainConfig(**overrides)
     train_cfg.validate()
     cls = get_prior(prior_name)
@@ -201,6 +207,7 @@ def train_prior(
         export=lambda: save_prior(prior, run_dir / WEIGHTS_FILE, class_names, cs.vqvae_sha256),
         evaluate=lambda: evaluate_prior(prior, va_codes, va_labels, amp=train_cfg.amp),
         describe_metrics=lambda m: {k: v.item() for k, v in m.items()}, compile=compile,
+        resume_command=f"vqgen train-prior --out {shlex.quote(str(run_dir))} --resume",
     )
     summary = trainer.fit(resume=resume)
     from vqgen.evaluate import code_usage

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 
 from vqgen import log
-from vqgen.checkpoint import KIND_STATE, load_tensors, meta_json, save_tensors
-from vqgen.errors import CheckpointError, TrainingError
-from vqgen.runtime import Dist, autocast
+from vqgen.checkpoint import KIND_STATE, first_problem, load_tensors, meta_json, save_tensors
+from vqgen.errors import CheckpointError, Interrupted, TrainingError
+from vqgen.runtime import Dist, any_rank, autocast, barrier
 
 STATE_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -73,6 +73,9 @@ class TensorBatches:
         if batch_size % dist.world_size:
             raise TrainingError(f"--batch-size {batch_size} must be divisible by the {dist.world_size} processes")
         self.batch_size = min(batch_size, self.n)
+        self.batch_size -= self.batch_size % dist.world_size  # fewer examples than the batch: equal shares still
+        if self.batch_size == 0:
+            raise TrainingError(f"{self.n} training examples cannot be shared by {dist.world_size} processes")
         self.seed, self.dist = seed, dist
         self.epoch, self.offset = 0, 0
         self._perm = None
@@ -128,8 +131,10 @@ def run_state_exists(run_dir: Path) -> bool:
     return (Path(run_dir) / STATE_FILE).exists()
 
 
-def read_run_meta(run_dir: Path) -> dict[str, str]:
-    """Metadata of a run folder's training state (model kind/config, train config), for --resume."""
+def read_run_meta(run_dir: Path, kind: str | None = None) -> dict[str, str]:
+    """Metadata of a run folder's training state (model kind/config, train config), for --resume.
+
+    kind ("vqvae" / "prior"), when given, must match the run's: a prior run is not resumed by train-vqvae."""
     path = Path(run_dir) / STATE_FILE
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"cannot resume: {run_dir} does not exist; start a run there without --resume")
@@ -140,7 +145,24 @@ def read_run_meta(run_dir: Path) -> dict[str, str]:
     _, meta = read_header(path)
     if meta.get("format") != KIND_STATE:
         raise CheckpointError(f"cannot resume: {path} is not a vqgen training state")
+    if kind is not None and meta.get("kind") != kind:
+        other = {"vqvae": "vqgen train-vqvae", "prior": "vqgen train-prior"}.get(meta.get("kind"), "another command")
+        raise CheckpointError(f"cannot resume: {run_dir} holds a {meta.get('kind')!r} run, not a {kind!r} one; "
+                              f"resume it with {other}")
     return meta
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, before any work, a run folder that cannot be created or written (say, one under a file)."""
+    import os
+
+    p = Path(run_dir).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise CheckpointError(f"cannot create run folder {run_dir}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write run folder {run_dir}: {p} is not writable; choose another --out")
 
 
 def resumed_config(meta: dict[str, str], overrides: dict) -> TrainConfig:
@@ -166,6 +188,7 @@ class Trainer:
         evaluate: Callable[[], dict] | None = None,
         describe_metrics: Callable[[dict], dict] | None = None,
         compile: bool = False,
+        resume_command: str | None = None,
     ):
         cfg.validate()
         self.objective, self.batches, self.cfg = objective, batches, cfg
@@ -180,18 +203,38 @@ class Trainer:
         if dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            # codebook statistics are all-reduced inside the quantiser, so buffers need no broadcast
-            self.net = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                           broadcast_buffers=False)
+            # codebook statistics are all-reduced inside the quantiser, so buffers need no broadcast per step
+            # (they are synced once at construction; every rank built them from the same seed anyway)
+            import inspect
+
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else {"broadcast_buffers": False})
+            self.net = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
         if compile:
             self.net = torch.compile(self.net)
         self._stop_requested = False
+        self._last_saved: int | None = None  # step of the newest checkpoint on disk, None before the first
+        # what Ctrl+C tells the user to run to continue (the trainer does not know which command started it)
+        self.resume_command = resume_command or f"the same command with --out {self.run_dir} --resume"
 
     # -- state ------------------------------------------------------------------------------------------
+    def _last_good(self) -> str:
+        if self._last_saved is None:
+            return "no checkpoint was written yet"
+        return (f"the last good checkpoint (step {self._last_saved}) is in {self.run_dir}; "
+                "resume with --resume and a lower --lr")
+
     def save_state(self) -> None:
+        state = self.objective.state_dict()
+        # a finite loss can still come with infinite gradients: never overwrite a good checkpoint with NaNs
+        # (checked on every rank: the weights are the same everywhere, so all ranks stop together)
+        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            raise TrainingError(f"the weights became NaN or infinite by step {self.step}; stopped without saving. "
+                                + self._last_good())
         if not self.dist.main:
+            self._last_saved = self.step  # rank 0 writes it
             return
-        tensors = {f"model.{k}": v for k, v in self.objective.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in state.items()}
         opt_tensors, opt_info = _flatten_optimizer(self.opt)
         tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
@@ -211,6 +254,7 @@ class Trainer:
         # one file holds everything resume needs and is renamed into place in one step, so a kill at any
         # moment leaves either the previous state or the new one, never a mixture
         save_tensors(self.run_dir / STATE_FILE, tensors, KIND_STATE, meta)
+        self._last_saved = self.step
         if self.export is not None:
             self.export()
 
@@ -221,7 +265,7 @@ class Trainer:
         try:
             self.objective.load_state_dict(model_sd)
         except RuntimeError as e:
-            raise CheckpointError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(f"{path} does not fit this model: {first_problem(e)}") from None
         self.opt.load_state_dict(_unflatten_optimizer(tensors, meta_json(meta, "optimizer", path)))
         self.step = int(meta["step"])
         self.batches.load_state_dict(meta_json(meta, "batches", path))
@@ -242,22 +286,32 @@ class Trainer:
         """Train to cfg.steps; returns the final evaluation (or the last metrics when there is none)."""
         cfg = self.cfg
         if self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CheckpointError(f"cannot create run folder {self.run_dir}: {e.strerror or e}") from None
+            for stale in self.run_dir.glob(".*.tmp"):  # atomic_path temporaries a kill -9 during a write left
+                stale.unlink(missing_ok=True)
         if resume:
             self.load_state()
-            self._write_metrics({"event": "resume", "step": self.step, "time": time.time()})
+            self._last_saved = self.step
+            self._write_metrics({"event": "resume", "step": self.step, "time": time.time(),
+                                 "world_size": self.dist.world_size})
             log.note(f"resuming {self.run_dir} at step {self.step}")
         else:
+            random.seed(cfg.seed)  # torch is seeded by the caller before it builds the model; Python's RNG here
             self._write_metrics(
                 {"event": "config", "train": asdict(cfg), "world_size": self.dist.world_size, **self.run_meta}
             )
         prev_handler = signal.getsignal(signal.SIGINT)
-        if self.dist.main:
-            signal.signal(signal.SIGINT, self._on_sigint)
+        # every rank: torchrun starts its workers in their own session, so a Ctrl+C reaches them only as the
+        # one SIGINT torchrun forwards to each; the ranks agree at the next step to stop (see _loop)
+        signal.signal(signal.SIGINT, self._on_sigint)
         try:
             result = self._loop()
         finally:
             signal.signal(signal.SIGINT, prev_handler)
+        barrier(self.dist)  # every rank returns once rank 0 has written the final files
         return result
 
     def _on_sigint(self, *_):
@@ -269,7 +323,6 @@ class Trainer:
         cfg, last = self.cfg, {}
         self.objective.train()
         start_step, t0 = self.step, time.perf_counter()
-        last_good = self.step
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(
@@ -280,21 +333,23 @@ class Trainer:
         with progress:
             task = progress.add_task("train", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
-                if self._stop_requested:
+                # under DDP a collective every step: all ranks stop at the same step when any was interrupted
+                if any_rank(self._stop_requested, self.dist, self.device):
                     progress.stop()
                     self.save_state()
-                    raise KeyboardInterrupt
+                    barrier(self.dist)  # the others wait for rank 0's save: torchrun ends all once one exits
+                    raise Interrupted(f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}; "
+                                      f"resume with: {self.resume_command}")
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(cfg, self.step)
                 batch = next(self.batches)
                 with autocast(self.device, cfg.amp):
                     loss, metrics = self.net(*batch)
-                if not torch.isfinite(loss):
+                if any_rank(not torch.isfinite(loss), self.dist, self.device):  # every rank stops together
                     progress.stop()
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {self.step + 1}; stopped without saving. The last good "
-                        f"checkpoint (step {last_good}) is in {self.run_dir}; resume with --resume and a lower --lr"
-                    )
+                    what = "non-finite on another process" if torch.isfinite(loss) else loss.item()
+                    raise TrainingError(f"loss became {what} at step {self.step + 1}; stopped without saving; "
+                                        + self._last_good())
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -302,6 +357,8 @@ class Trainer:
                 self.opt.step()
                 self.step += 1
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    if self.dist.world_size > 1:
+                        loss, metrics = _mean_over_ranks(loss, metrics, self.dist.world_size)
                     elapsed = time.perf_counter() - t0
                     rec = {"step": self.step, "loss": loss.item(), "lr": self.opt.param_groups[0]["lr"]}
                     rec.update(self.describe_metrics(metrics))
@@ -316,7 +373,6 @@ class Trainer:
                     self._run_eval()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_state()
-                    last_good = self.step
         result = self._run_eval() if self.evaluate else {}
         return {**last, **result, "images_per_s": last.get("images_per_s", 0.0)}
 
@@ -329,6 +385,24 @@ class Trainer:
             if log.quiet():
                 log.note(f"step {self.step}: " + _fmt(res))
         return res
+
+
+def _mean_over_ranks(loss: torch.Tensor, metrics: dict, world_size: int) -> tuple[torch.Tensor, dict]:
+    """The loss and floating-point tensor metrics averaged over the ranks (one all-reduce): each rank's are
+    means over its equal share, so these are the global batch's, as one process would log them. Metrics that
+    are already global (the quantiser's all-reduced code counts) are the same on every rank and stay so."""
+    import torch.distributed as dist
+
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v) and v.is_floating_point()]
+    parts = [loss.detach().float().reshape(-1)] + [metrics[k].detach().float().reshape(-1) for k in keys]
+    flat = torch.cat(parts)
+    dist.all_reduce(flat)
+    flat /= world_size
+    out = dict(metrics)
+    chunks = flat.split([p.numel() for p in parts])
+    for k, c in zip(keys, chunks[1:]):
+        out[k] = c.reshape(metrics[k].shape).to(metrics[k].dtype)
+    return chunks[0].reshape(loss.shape).to(loss.dtype), out
 
 
 def _fmt(rec: dict) -> str:

@@ -133,7 +133,12 @@ class VQVAEObjective(nn.Module):
     def forward(self, images: torch.Tensor, *_):
         x = images.float() / 255  # uint8 (b, 3, S, S) -> float in [0, 1]
         if self.flip:
-            mask = torch.rand(x.shape[0], device=x.device) < 0.5
+            # under DDP every rank draws the global batch's mask and keeps its own share: ranks flip
+            # independently, the random stream stays the same on every rank, and it matches one process
+            b, rank, world = x.shape[0], 0, 1
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            mask = (torch.rand(b * world, device=x.device) < 0.5)[rank * b : (rank + 1) * b]
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
         x_hat, q = self.model(x)
         recon = F.mse_loss(x_hat.float(), x) * 4  # *4: MSE on the model's [-1, 1] scale
@@ -155,12 +160,12 @@ def save_vqvae(model: VQVAE, path) -> None:
 
 def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
     """Rebuild a VQVAE from its weights file; returns (model in eval mode, sha256 of the file)."""
-    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, file_sha256, load_tensors, meta_json
+    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, file_sha256, first_problem, load_tensors, meta_json
 
     tensors, meta = load_tensors(path, KIND_VQVAE)
     try:
         model = VQVAE(VQVAEConfig.from_dict(meta_json(meta, "config", path)))
         model.load_state_dict(tensors)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: weights do not match their config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: weights do not match their config ({first_problem(e)})") from None
     return model.to(device).eval(), file_sha256(path)
