@@ -1,5 +1,6 @@
 """Sampling speed of each built-in prior: the fast sampler (`sample`) against the naive one (`sample_naive`,
-one full forward pass per grid position), at the default config (K=512, 8x8 grid), random weights.
+one full forward pass per grid position), at the default config (K=512, 8x8 grid), random weights; the last
+column adds decoding the 64 grids with the default VQ-VAE (what `vqgen sample` does after drawing the codes).
 
     python bench/bench_sampling.py [--n 64] [--repeats 3] [--threads N] [--device cpu] [--priors pixelcnn,transformer]
 
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
 
 from priors import get_prior  # noqa: E402
+from vqgen.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -59,8 +61,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {dev} ({where}), torch threads {torch.get_num_threads()}, "
           f"n={a.n}, median of {a.repeats}")
     print()
-    print("| prior | config | params | naive (s) | fast (s) | speed-up | identical |")
-    print("|---|---|---|---|---|---|---|")
+    print("| prior | config | params | naive (s) | fast (s) | speed-up | identical | fast + decode (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    vqvae = VQVAE(VQVAEConfig()).to(dev).eval()
+
+    @torch.no_grad()
+    def sample_and_decode(prior, seed):
+        return vqvae.decode(prior.sample(a.n, generator=torch.Generator(dev).manual_seed(seed)))
+
     for name in a.priors.split(","):
         cls = get_prior(name)
         torch.manual_seed(0)
@@ -68,16 +76,17 @@ def main() -> None:
         cfg = {k: v for k, v in vars(prior.config).items() if k not in ("num_classes", "dropout")}
         params = sum(p.numel() for p in prior.parameters())
         prior.sample(a.n, generator=torch.Generator(dev).manual_seed(0))  # warm-up
-        fast, naive, same = [], [], True
+        fast, naive, full, same = [], [], [], True
         for r in range(a.repeats):
             tf, sf = timed(lambda: prior.sample(a.n, generator=torch.Generator(dev).manual_seed(r)), dev)
             tn, sn = timed(lambda: prior.sample_naive(a.n, generator=torch.Generator(dev).manual_seed(r)), dev)
             fast.append(tf)
             naive.append(tn)
+            full.append(timed(lambda: sample_and_decode(prior, r), dev)[0])
             same &= torch.equal(sf, sn)
         mf, mn = statistics.median(fast), statistics.median(naive)
         desc = ", ".join(f"{k}={v}" for k, v in cfg.items())
-        print(f"| {name} | {desc} | {params / 1e6:.2f}M | {mn:.2f} | {mf:.3f} | {mn / mf:.0f}x | {'yes' if same else 'NO'} |",
+        print(f"| {name} | {desc} | {params / 1e6:.2f}M | {mn:.2f} | {mf:.3f} | {mn / mf:.0f}x | {'yes' if same else 'NO'} | {statistics.median(full):.3f} |",
               flush=True)
 
 

@@ -8,14 +8,14 @@
 # exactly how the shipped weights were trained (docs/model-card.md); append a leg to train further.
 #
 #   bash scripts/train-default.sh
-#   VQ_LEGS="13000 30000 60000" bash scripts/train-default.sh
+#   VQ_LEGS="13000 22000 40000" bash scripts/train-default.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_ROOT=${RUN_ROOT:-runs/default}
 DATA=${DATA:-$HOME/.cache/vqgen-data/train}
 ARCHIVE=${ARCHIVE:-../shared/data/cifar10-train-jpeg.tar.gz}
-VQ_LEGS=${VQ_LEGS:-"13000 30000"}
-PRIOR_LEGS=${PRIOR_LEGS:-"6000"}
+VQ_LEGS=${VQ_LEGS:-"13000 22000"}
+PRIOR_LEGS=${PRIOR_LEGS:-"8000"}
 SEED=${SEED:-0}
 
 if [ ! -d "$DATA" ]; then

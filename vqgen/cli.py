@@ -98,10 +98,30 @@ DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
 JsonOpt = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
 DataRootOpt = typer.Option(None, "--data-root", help="Where CIFAR-10 is stored / downloaded (default ~/.cache/vqgen/data).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Decoded-image cache (default ~/.cache/vqgen/images).")
+# training options: None means "the TrainConfig default, or the stored value when resuming"
+StepsOpt = typer.Option(None, "--steps", help="Optimiser steps in total (default 13000).")
+EpochsOpt = typer.Option(None, "--epochs", help="Train this many passes instead of --steps.")
+BatchOpt = typer.Option(None, "--batch-size", help="Global batch size (default 128).")
+LrOpt = typer.Option(None, "--lr", help="Peak learning rate (default 2e-3).")
+LrScheduleOpt = typer.Option(None, "--lr-schedule", help="cosine | constant (default cosine).")
+WarmupOpt = typer.Option(None, "--warmup", help="Linear warmup steps (default 100).")
+CheckpointEveryOpt = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints.")
+EvalEveryOpt = typer.Option(None, "--eval-every", help="Steps between held-out evaluations.")
+LogEveryOpt = typer.Option(None, "--log-every", help="Steps between metrics.jsonl records.")
+AmpOpt = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default on).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 
 
 def _train_overrides(**given) -> dict:
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _check_training(steps, epochs, batch_size, lr, checkpoint_every, log_every) -> None:
+    for name, v in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
+                    ("--checkpoint-every", checkpoint_every), ("--log-every", log_every)):
+        _positive(name, v)
+    if steps is not None and epochs is not None:
+        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
 
 
 @app.command("train-vqvae", epilog="Example: vqgen train-vqvae --data cifar10 --out runs/vq --steps 20000")
@@ -109,18 +129,18 @@ def _train_overrides(**given) -> dict:
 def train_vqvae(
     data: Optional[str] = typer.Option(None, "--data", help="cifar10[:train|:test] or a folder of images."),
     out: Path = typer.Option(..., "--out", help="Run folder: weights, checkpoint, metrics.jsonl, PNGs."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps in total [default: 13000]."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Train this many passes instead of --steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size [default: 128]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: 2e-3]."),
-    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="cosine | constant [default: cosine]."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="Linear warmup steps [default: 100]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, data order, augmentation [default: 0]."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between metrics.jsonl records."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast [default: on]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    steps: Optional[int] = StepsOpt,
+    epochs: Optional[float] = EpochsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    lr_schedule: Optional[str] = LrScheduleOpt,
+    warmup: Optional[int] = WarmupOpt,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, data order, augmentation (default 0)."),
+    checkpoint_every: Optional[int] = CheckpointEveryOpt,
+    eval_every: Optional[int] = EvalEveryOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    amp: Optional[bool] = AmpOpt,
+    resume: bool = ResumeOpt,
     image_size: int = typer.Option(32, "--image-size", help="Image side; a multiple of 4 (grid = side/4)."),
     hidden: int = typer.Option(128, "--hidden", help="Trunk channels."),
     res_blocks: int = typer.Option(2, "--res-blocks", help="Residual blocks in encoder and decoder."),
@@ -140,11 +160,8 @@ def train_vqvae(
     as_json: bool = JsonOpt,
 ):
     """Train the VQ-VAE (stage 1) and report held-out PSNR and codebook usage."""
-    for name, v in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
-                    ("--checkpoint-every", checkpoint_every), ("--log-every", log_every), ("--image-size", image_size)):
-        _positive(name, v)
-    if steps is not None and epochs is not None:
-        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
+    _check_training(steps, epochs, batch_size, lr, checkpoint_every, log_every)
+    _positive("--image-size", image_size)
     if data is None and not resume:
         raise typer.BadParameter("--data is required (unless --resume)", param_hint="--data")
     if quantizer not in ("ema", "vq"):
@@ -168,7 +185,7 @@ def train_vqvae(
 def reconstruct(
     inputs: List[str] = typer.Argument(..., help="Image files, folders or a data spec (cifar10:test)."),
     out: Path = typer.Option(..., "--out", help="A .png grid (originals above, reconstructions below) or a folder."),
-    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per forward pass."),
     nrow: int = typer.Option(8, "--nrow", help="Images per grid row."),
     device: str = DeviceOpt,
@@ -190,7 +207,7 @@ def reconstruct(
 def encode(
     data: str = typer.Option(..., "--data", help="cifar10[:train|:test] or a folder of images."),
     out: Path = typer.Option(..., "--out", help="Index-grid file to write (.safetensors)."),
-    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     split: str = typer.Option("train", "--split", help="train | val | all (the seeded held-out split of --data)."),
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="Held-out fraction defining the split."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
@@ -216,20 +233,20 @@ def train_prior(
     out: Path = typer.Option(..., "--out", help="Run folder: weights, checkpoint, metrics.jsonl."),
     prior: str = typer.Option("pixelcnn", "--prior", help="Registered prior (see `vqgen priors`)."),
     opt: List[str] = typer.Option([], "--opt", "-o", help="Prior option key=value (repeatable), e.g. -o layers=12."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps in total [default: 13000]."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Train this many passes instead of --steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size [default: 128]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: 2e-3]."),
-    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="cosine | constant [default: cosine]."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="Linear warmup steps [default: 100]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed [default: 0]."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between metrics.jsonl records."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast [default: on]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    steps: Optional[int] = StepsOpt,
+    epochs: Optional[float] = EpochsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    lr_schedule: Optional[str] = LrScheduleOpt,
+    warmup: Optional[int] = WarmupOpt,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
+    checkpoint_every: Optional[int] = CheckpointEveryOpt,
+    eval_every: Optional[int] = EvalEveryOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    amp: Optional[bool] = AmpOpt,
+    resume: bool = ResumeOpt,
     class_conditional: Optional[bool] = typer.Option(
-        None, "--class-conditional/--unconditional", help="Condition on labels [default: when the codes have labels]."),
+        None, "--class-conditional/--unconditional", help="Condition on labels (default: when the codes have labels)."),
     val_codes: Optional[str] = typer.Option(None, "--val-codes", help="Held-out index-grid file (else a seeded split)."),
     val_fraction: float = typer.Option(0.05, "--val-fraction", help="Seeded held-out fraction when no --val-codes."),
     device: str = DeviceOpt,
@@ -237,11 +254,7 @@ def train_prior(
     as_json: bool = JsonOpt,
 ):
     """Fit an autoregressive prior (stage 2) on index grids; report held-out bits per code."""
-    for name, v in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
-                    ("--checkpoint-every", checkpoint_every), ("--log-every", log_every)):
-        _positive(name, v)
-    if steps is not None and epochs is not None:
-        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
+    _check_training(steps, epochs, batch_size, lr, checkpoint_every, log_every)
     if codes is None and not resume:
         raise typer.BadParameter("--codes is required (unless --resume)", param_hint="--codes")
     from vqgen.stage2 import train_prior as run
@@ -258,8 +271,8 @@ def train_prior(
 def sample(
     out: Path = typer.Option(..., "--out", help="A .png grid, or a folder that receives one PNG per sample."),
     n: int = typer.Option(64, "--n", help="Number of samples."),
-    prior: Optional[str] = typer.Option(None, "--prior", help="Prior weights [default: the shipped CIFAR-10 prior]."),
-    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="Prior weights (default: the shipped CIFAR-10 prior)."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
@@ -300,7 +313,7 @@ def list_priors_cmd(as_json: bool = JsonOpt):
 @friendly
 def evaluate(
     data: str = typer.Option(..., "--data", help="cifar10[:train|:test] or a folder of images."),
-    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights [default: the shipped CIFAR-10 model]."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     prior: Optional[str] = typer.Option(None, "--prior", help="Prior weights: adds bits per code / per dim."),
     split: str = typer.Option("all", "--split", help="all | train | val (the seeded held-out split of --data)."),
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="Held-out fraction defining the split."),
