@@ -732,3 +732,16 @@ def test_small_images_are_resized_with_a_note(trained_vqvae, tmp_path):
                       tmp_path / "g.png", "--json"))
     assert "3 images smaller than 16x16 were upscaled" in res.output
     assert json.loads(res.stdout)["images"] == 3
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Temporary files are private (0600); what is renamed into place must not stay so."""
+    from vqgen.checkpoint import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644

@@ -56,6 +56,12 @@ def first_problem(e: BaseException) -> str:
     return line if len(line) <= 200 else line[:200] + "…"  # a list of 80 missing keys is not one clear line
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -69,6 +75,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
+        # mkstemp makes the file private (0600); the result should get the mode any new file gets
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
