@@ -15,7 +15,7 @@ RUN_ROOT=${RUN_ROOT:-runs/default}
 DATA=${DATA:-$HOME/.cache/vqgen-data/train}
 ARCHIVE=${ARCHIVE:-../shared/data/cifar10-train-jpeg.tar.gz}
 VQ_LEGS=${VQ_LEGS:-"13000 22000"}
-PRIOR_LEGS=${PRIOR_LEGS:-"8000"}
+PRIOR_LEGS=${PRIOR_LEGS:-"3000"}
 SEED=${SEED:-0}
 
 if [ ! -d "$DATA" ]; then
@@ -44,7 +44,7 @@ vqgen encode --vqvae "$RUN_ROOT/vq/vqvae.safetensors" --data "$DATA" --split val
 # stage 2: the default class-conditional gated PixelCNN
 for steps in $PRIOR_LEGS; do
   stage prior vqgen train-prior --codes "$RUN_ROOT/codes-train.safetensors" --val-codes "$RUN_ROOT/codes-val.safetensors" \
-    --class-conditional --seed "$SEED" --steps "$steps" --json
+    --class-conditional -o dropout=0.2 --seed "$SEED" --steps "$steps" --json
 done
 
 cp "$RUN_ROOT/vq/vqvae.safetensors" vqgen/weights/vqvae.safetensors
