@@ -6,15 +6,19 @@
 # Each stage is trained in legs: a leg runs (or resumes) the run up to its step count. A leg the run has
 # already passed only re-evaluates. The cosine schedule spans each leg's total, so the legs below are
 # exactly how the shipped weights were trained (docs/model-card.md); append a leg to train further.
+# Stage 1 has two runs: the default VQ-VAE (vq), then a wider and deeper one grown from it (vq-grown,
+# `--init-from`: it starts at the default model's PSNR and keeps training); the grown one is shipped.
 #
 #   bash scripts/train-default.sh
-#   VQ_LEGS="13000 22000 40000" bash scripts/train-default.sh
+#   GROWN_LEGS="16000 30000" bash scripts/train-default.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_ROOT=${RUN_ROOT:-runs/default}
 DATA=${DATA:-$HOME/.cache/vqgen-data/train}
 ARCHIVE=${ARCHIVE:-../shared/data/cifar10-train-jpeg.tar.gz}
 VQ_LEGS=${VQ_LEGS:-"13000 22000"}
+GROWN_LEGS=${GROWN_LEGS:-"16000"}
+GROWN_SIZE=${GROWN_SIZE:-"--hidden 192 --res-blocks 4 --res-channels 64"}
 PRIOR_LEGS=${PRIOR_LEGS:-"3000"}
 SEED=${SEED:-0}
 
@@ -23,30 +27,36 @@ if [ ! -d "$DATA" ]; then
   tar -xzf "$ARCHIVE" -C "$(dirname "$DATA")"
 fi
 
-stage() {  # stage NAME CMD...: start the run, or resume it when its checkpoint exists
-  local name=$1; shift
+stage() {  # stage NAME "FRESH-ONLY ARGS" CMD...: start the run (with the fresh-only args), or resume it
+  local name=$1 fresh=$2; shift 2
   if [ -f "$RUN_ROOT/$name/checkpoint.safetensors" ]; then
     "$@" --out "$RUN_ROOT/$name" --resume
   else
-    "$@" --out "$RUN_ROOT/$name"
+    # shellcheck disable=SC2086  # fresh-only args are a word list on purpose
+    "$@" --out "$RUN_ROOT/$name" $fresh
   fi
 }
 
 # stage 1: the default VQ-VAE (leg 1 = the default 13,000 steps)
 for steps in $VQ_LEGS; do
-  stage vq vqgen train-vqvae --data "$DATA" --seed "$SEED" --steps "$steps" --json
+  stage vq "" vqgen train-vqvae --data "$DATA" --seed "$SEED" --steps "$steps" --json
+done
+# stage 1, grown: wider and deeper, starting from the default VQ-VAE (half the default peak LR: it is fine-tuning)
+for steps in $GROWN_LEGS; do
+  stage vq-grown "--init-from $RUN_ROOT/vq/vqvae.safetensors $GROWN_SIZE" \
+    vqgen train-vqvae --data "$DATA" --seed "$SEED" --lr 1e-3 --warmup 200 --steps "$steps" --json
 done
 
 # codes of the 98% training split (the 2% held-out split, seed 0, is never trained on by either stage)
-vqgen encode --vqvae "$RUN_ROOT/vq/vqvae.safetensors" --data "$DATA" --split train --out "$RUN_ROOT/codes-train.safetensors"
-vqgen encode --vqvae "$RUN_ROOT/vq/vqvae.safetensors" --data "$DATA" --split val --out "$RUN_ROOT/codes-val.safetensors"
+vqgen encode --vqvae "$RUN_ROOT/vq-grown/vqvae.safetensors" --data "$DATA" --split train --out "$RUN_ROOT/codes-train.safetensors"
+vqgen encode --vqvae "$RUN_ROOT/vq-grown/vqvae.safetensors" --data "$DATA" --split val --out "$RUN_ROOT/codes-val.safetensors"
 
 # stage 2: the default class-conditional gated PixelCNN
 for steps in $PRIOR_LEGS; do
-  stage prior vqgen train-prior --codes "$RUN_ROOT/codes-train.safetensors" --val-codes "$RUN_ROOT/codes-val.safetensors" \
+  stage prior "" vqgen train-prior --codes "$RUN_ROOT/codes-train.safetensors" --val-codes "$RUN_ROOT/codes-val.safetensors" \
     --class-conditional -o dropout=0.2 --seed "$SEED" --steps "$steps" --json
 done
 
-cp "$RUN_ROOT/vq/vqvae.safetensors" vqgen/weights/vqvae.safetensors
+cp "$RUN_ROOT/vq-grown/vqvae.safetensors" vqgen/weights/vqvae.safetensors
 cp "$RUN_ROOT/prior/prior.safetensors" vqgen/weights/prior.safetensors
 vqgen evaluate --data "$DATA" --split val --json "$RUN_ROOT/evaluate-val.json"

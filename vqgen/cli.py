@@ -141,15 +141,16 @@ def train_vqvae(
     log_every: Optional[int] = LogEveryOpt,
     amp: Optional[bool] = AmpOpt,
     resume: bool = ResumeOpt,
-    image_size: int = typer.Option(32, "--image-size", help="Image side; a multiple of 4 (grid = side/4)."),
-    hidden: int = typer.Option(128, "--hidden", help="Trunk channels."),
-    res_blocks: int = typer.Option(2, "--res-blocks", help="Residual blocks in encoder and decoder."),
-    res_channels: int = typer.Option(32, "--res-channels", help="Channels inside each residual block."),
-    codebook_size: int = typer.Option(512, "--codebook-size", help="K, number of codes."),
-    code_dim: int = typer.Option(64, "--code-dim", help="D, code vector size."),
-    beta: float = typer.Option(0.25, "--beta", help="Commitment loss weight."),
-    quantizer: str = typer.Option("ema", "--quantizer", help="ema (EMA codebook) | vq (codebook loss)."),
-    ema_decay: float = typer.Option(0.99, "--ema-decay", help="EMA decay of the codebook statistics."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these VQ-VAE weights, grown to any larger --hidden / --res-blocks / --res-channels given (it starts at their PSNR); model options not given are theirs."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Image side; a multiple of 4, grid = side/4 (default 32)."),
+    hidden: Optional[int] = typer.Option(None, "--hidden", help="Trunk channels (default 128)."),
+    res_blocks: Optional[int] = typer.Option(None, "--res-blocks", help="Residual blocks in encoder and decoder (default 2)."),
+    res_channels: Optional[int] = typer.Option(None, "--res-channels", help="Channels inside each residual block (default 32)."),
+    codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="K, number of codes (default 512)."),
+    code_dim: Optional[int] = typer.Option(None, "--code-dim", help="D, code vector size (default 64)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="Commitment loss weight (default 0.25)."),
+    quantizer: Optional[str] = typer.Option(None, "--quantizer", help="ema (EMA codebook) | vq (codebook loss) (default ema)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay of the codebook statistics (default 0.99)."),
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="Seeded held-out fraction, never trained on."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Random horizontal flips."),
     device: str = DeviceOpt,
@@ -161,22 +162,33 @@ def train_vqvae(
 ):
     """Train the VQ-VAE (stage 1) and report held-out PSNR and codebook usage."""
     _check_training(steps, epochs, batch_size, lr, checkpoint_every, log_every)
-    _positive("--image-size", image_size)
+    for name, value in (("--image-size", image_size), ("--hidden", hidden), ("--res-blocks", res_blocks),
+                        ("--res-channels", res_channels), ("--codebook-size", codebook_size), ("--code-dim", code_dim)):
+        if value is not None:
+            _positive(name, value)
     if data is None and not resume:
         raise typer.BadParameter("--data is required (unless --resume)", param_hint="--data")
-    if quantizer not in ("ema", "vq"):
+    if quantizer is not None and quantizer not in ("ema", "vq"):
         raise typer.BadParameter(f"must be ema or vq, got {quantizer!r}", param_hint="--quantizer")
+    from dataclasses import replace
+
     from vqgen.stage1 import train_vqvae as run
     from vqgen.vqvae import VQVAEConfig
 
-    model_cfg = VQVAEConfig(image_size, hidden, res_blocks, res_channels, codebook_size, code_dim, beta, quantizer,
-                            ema_decay)
+    base = VQVAEConfig()
+    if init_from is not None:
+        from vqgen.vqvae import read_vqvae_config
+
+        base = read_vqvae_config(init_from)
+    given = dict(image_size=image_size, hidden=hidden, res_blocks=res_blocks, res_channels=res_channels,
+                 codebook_size=codebook_size, code_dim=code_dim, beta=beta, quantizer=quantizer, ema_decay=ema_decay)
+    model_cfg = replace(base, **{k: v for k, v in given.items() if v is not None})
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                                  log_every=log_every, amp=amp)
     summary = run(data, out, model_cfg, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
-                  channels_last=channels_last)
+                  channels_last=channels_last, init_from=init_from)
     emit(summary, as_json)
 
 

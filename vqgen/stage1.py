@@ -77,8 +77,10 @@ def train_vqvae(
     resume: bool = False,
     compile: bool = False,
     channels_last: bool = True,
+    init_from: str | None = None,
 ) -> dict:
-    """Train (or resume) a VQ-VAE in run_dir; returns the held-out summary."""
+    """Train (or resume) a VQ-VAE in run_dir, from scratch or grown from the weights `init_from`; returns the
+    held-out summary."""
     from vqgen.data import load_images, split_indices
 
     run_dir = Path(run_dir)
@@ -91,6 +93,14 @@ def train_vqvae(
         train_cfg = resumed_config(meta, overrides)
     else:
         train_cfg = TrainConfig(**overrides)
+    if resume and init_from is not None:
+        raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint (drop one)")
+    start = None
+    if init_from is not None:
+        from vqgen.grow import check_growable
+
+        start, start_sha = load_vqvae(init_from)
+        check_growable(start.config, model_cfg)
     if not resume and (run_dir / "checkpoint.safetensors").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     check_run_dir(run_dir)
@@ -113,7 +123,12 @@ def train_vqvae(
     val_images = images.images[va]
     fixed = val_images[:32]
 
-    model = VQVAE(model_cfg).to(dev)
+    model = VQVAE(model_cfg)
+    if start is not None:
+        from vqgen.grow import grow_into
+
+        grow_into(model, start)
+    model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     objective = VQVAEObjective(model, flip=flip)
@@ -129,6 +144,8 @@ def train_vqvae(
         "data": {"spec": images.source, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "flip": flip,
                  "num_train": len(tr), "num_val": len(va)},
     }
+    if start is not None:
+        run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}
     trainer = Trainer(objective, batches, train_cfg, run_dir, dev, dist, run_meta=run_meta, export=export,
                       evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
                       describe_metrics=_batch_metrics, compile=compile,

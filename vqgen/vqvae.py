@@ -158,6 +158,17 @@ def save_vqvae(model: VQVAE, path) -> None:
     save_tensors(path, model.state_dict(), KIND_VQVAE, {"config": model.config.to_dict()})
 
 
+def read_vqvae_config(path) -> VQVAEConfig:
+    """The config stored in a VQ-VAE weights file."""
+    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, load_tensors, meta_json
+
+    _, meta = load_tensors(path, KIND_VQVAE)
+    try:
+        return VQVAEConfig.from_dict(meta_json(meta, "config", path))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config is not a VQ-VAE config ({e})") from None
+
+
 def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
     """Rebuild a VQVAE from its weights file; returns (model in eval mode, sha256 of the file)."""
     from vqgen.checkpoint import KIND_VQVAE, CheckpointError, file_sha256, first_problem, load_tensors, meta_json
