@@ -738,10 +738,15 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     """Temporary files are private (0600); what is renamed into place must not stay so."""
     from vqgen.checkpoint import atomic_path
 
+    from vqgen.checkpoint import save_tensors
+
     old = os.umask(0o022)
     try:
         with atomic_path(tmp_path / "out.bin") as tmp:
             tmp.write_bytes(b"x")
+        # safetensors recreates the temporary file itself: a chmod before it writes would be lost
+        save_tensors(tmp_path / "w.safetensors", {"a": torch.zeros(2)}, "test")
     finally:
         os.umask(old)
     assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644

@@ -75,9 +75,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        # mkstemp makes the file private (0600); the result should get the mode any new file gets
-        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        # mkstemp makes the file private (0600), and some writers (safetensors) recreate it that way; the result
+        # should get the mode any new file gets, so set it after the writer is done
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
