@@ -160,6 +160,16 @@ def load_tensors(path: str | os.PathLike, kind: str, device: str = "cpu") -> tup
     """Load a vqgen safetensors file of the given kind; refuse any other kind by name."""
     from safetensors.torch import load_file
 
+    meta = read_meta(path, kind)
+    try:
+        tensors = load_file(str(path), device=device)
+    except Exception as e:  # safetensors' own errors are one-liners worth passing on
+        raise CheckpointError(f"{path} could not be read: {e}") from None
+    return tensors, meta
+
+
+def read_meta(path: str | os.PathLike, kind: str) -> dict[str, str]:
+    """The metadata of a vqgen safetensors file of the given kind, without reading its tensors."""
     _, meta = read_header(path)
     found = meta.get("format")
     if found != kind:
@@ -169,11 +179,7 @@ def load_tensors(path: str | os.PathLike, kind: str, device: str = "cpu") -> tup
         raise CheckpointError(
             f"{path} has format_version {meta.get('format_version')!r}; this vqgen reads version {FORMAT_VERSION}"
         )
-    try:
-        tensors = load_file(str(path), device=device)
-    except Exception as e:  # safetensors' own errors are one-liners worth passing on
-        raise CheckpointError(f"{path} could not be read: {e}") from None
-    return tensors, meta
+    return meta
 
 
 def meta_json(meta: dict[str, str], key: str, path: str | os.PathLike = "file") -> Any:

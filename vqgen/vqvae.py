@@ -160,9 +160,9 @@ def save_vqvae(model: VQVAE, path) -> None:
 
 def read_vqvae_config(path) -> VQVAEConfig:
     """The config stored in a VQ-VAE weights file."""
-    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, load_tensors, meta_json
+    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, meta_json, read_meta
 
-    _, meta = load_tensors(path, KIND_VQVAE)
+    meta = read_meta(path, KIND_VQVAE)  # the header only: the weights are loaded once, by whoever needs them
     try:
         return VQVAEConfig.from_dict(meta_json(meta, "config", path))
     except (TypeError, ValueError) as e:
