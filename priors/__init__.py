@@ -20,9 +20,11 @@ from priors import pixelcnn as _pixelcnn  # noqa: F401  (registers "pixelcnn")
 from priors import transformer as _transformer  # noqa: F401  (registers "transformer")
 from vqgen.errors import ConfigError
 
-__all__ = ["Prior", "PriorConfig", "register_prior", "get_prior", "list_priors", "reset_plugins", "ENTRY_POINT_GROUP"]
+__all__ = ["Prior", "PriorConfig", "register_prior", "get_prior", "list_priors", "reset_plugins", "ENTRY_POINT_GROUP",
+           "DEFAULT_PRIOR"]
 
 ENTRY_POINT_GROUP = "vqgen.priors"
+DEFAULT_PRIOR = "pixelcnn"  # the paper's prior
 
 _BUILTINS = frozenset(_REGISTRY)  # names registered by this package itself
 _plugins_loaded = False

@@ -153,14 +153,35 @@ def test_resume_after_kill_9_is_bit_exact(ref, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     ck, reached = _ckpt_step(run), _metric_step(run)
     assert 10 <= ck < 40 and reached > ck  # killed between checkpoints: the resumed run re-does some steps
+    with open(run / "metrics.jsonl", "a") as f:  # as if the kill had landed in the middle of a record
+        f.write('{"step": 99, "loss": 0.12')
 
     s = json.loads(_ok(_invoke("train-vqvae", "--out", run, "--resume", "--json")).stdout)
     assert s["steps"] == 40
     _assert_same_run(ref.run, run, "vqvae.safetensors")
     assert s["val_psnr"] == ref.summary["val_psnr"] and s["codes_used"] == ref.summary["codes_used"]
     assert (run / "reconstructions.png").read_bytes() == (ref.run / "reconstructions.png").read_bytes()
-    events = [json.loads(x).get("event") for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert events.count("resume") == 1
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # every line parses
+    assert [r.get("event") for r in records].count("resume") == 1
+    assert all(r.get("step") != 99 for r in records)
+
+
+def test_sigterm_saves_says_how_to_resume_and_resume_is_bit_exact(ref, tmp_path):
+    """kill / a scheduler's preemption / `timeout`: SIGTERM checkpoints like Ctrl+C and exits 143 (128 + 15)."""
+    run = tmp_path / "run"
+    proc = _spawn(["train-vqvae", "--data", ref.data, "--out", run, *RUN_ARGS], tmp_path)
+    _wait_until(proc, run, min_ckpt=10, ahead=3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and out == b""
+    m = re.search(r"stopped by SIGTERM at step (\d+); checkpoint saved in (\S+); resume with: (.+)", err)
+    assert m, err
+    step = int(m.group(1))
+    assert 13 <= step < 40 and _ckpt_step(run) == step and _metric_step(run) == step
+    _ok(_invoke(*shlex.split(m.group(3))[1:]))
+    _assert_same_run(ref.run, run, "vqvae.safetensors")
 
 
 def test_ctrl_c_saves_says_how_to_resume_and_resume_is_bit_exact(ref, tmp_path):
@@ -271,6 +292,86 @@ def test_prior_ctrl_c_then_resume_is_bit_exact(codes, tmp_path, monkeypatch):
 
 
 # -- checkpoint writes ----------------------------------------------------------------------------------------------
+# -- resume keeps the run it resumes ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_runs(tmp_path_factory, codes):
+    """A 4-step VQ-VAE run and a 4-step class-conditional prior run, to resume with conflicting options."""
+    root = tmp_path_factory.mktemp("short")
+    data = make_images(root / "images")
+    _ok(_invoke("train-vqvae", "--data", data, "--out", root / "vq", "--steps", "4", "--batch-size", "8",
+                "--eval-every", "0", "--cache-dir", root / "cache", *TINY_VQVAE_ARGS))
+    _ok(_invoke("train-prior", "--codes", codes, "--out", root / "prior", *TINY_PRIOR, "--steps", "4",
+                "--batch-size", "8", "--val-fraction", "0.25", "--class-conditional"))
+    other = make_images(root / "other", seed=1)
+    return SimpleNamespace(root=root, data=data, other=other, codes=codes)
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["--hidden", "24"], "--hidden 24 does not match the run being resumed, which has --hidden 16"),
+    (["--codebook-size", "32"], "--codebook-size 32 does not match the run being resumed, which has --codebook-size 16"),
+    (["--flip"], "--flip does not match the run being resumed, which has --no-flip"),
+    (["--val-fraction", "0.5"], "--val-fraction 0.5 does not match the run being resumed, which has --val-fraction 0.02"),
+    (["--data", "OTHER"], "is not the data the run in"),
+])
+def test_vqvae_resume_refuses_options_it_would_ignore(short_runs, tmp_path, args, phrase):
+    run = _copy_run(short_runs.root / "vq", tmp_path / "vq")
+    before = (run / "checkpoint.safetensors").read_bytes()
+    args = [str(short_runs.other) if a == "OTHER" else a for a in args]
+    res = _invoke("train-vqvae", "--out", run, "--resume", "--steps", "6", *args)
+    assert res.exit_code == 1, res.output
+    assert phrase in res.output and "Traceback" not in res.output
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_vqvae_resume_accepts_its_own_options_and_moved_data(short_runs, tmp_path):
+    """Re-running the first command with --resume works; so does data copied elsewhere, which the run records."""
+    run = _copy_run(short_runs.root / "vq", tmp_path / "vq")
+    moved = shutil.copytree(short_runs.data, tmp_path / "moved")
+    s = json.loads(_ok(_invoke("train-vqvae", "--data", moved, "--out", run, "--resume", "--steps", "6",
+                               "--batch-size", "8", "--no-flip", "--val-fraction", "0.02", *TINY_VQVAE_ARGS,
+                               "--json")).stdout)
+    assert s["steps"] == 6
+    data = json.loads(read_header(run / "checkpoint.safetensors")[1]["data"])
+    assert data["spec"] == str(moved.resolve()) and len(data["sha256"]) == 64
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["--prior", "transformer"], "--prior transformer does not match the run being resumed, which has --prior pixelcnn"),
+    (["-o", "layers=5"], "-o layers 5 does not match the run being resumed, which has -o layers 3"),
+    (["--unconditional"], "--unconditional does not match the run being resumed, which has --class-conditional"),
+    (["--val-fraction", "0.5"], "--val-fraction 0.5 does not match"),
+    (["--codes", "OTHER"], "is not the data the run in"),
+    (["-o", "bogus=1"], "bad prior option 'bogus=1'"),
+])
+def test_prior_resume_refuses_options_it_would_ignore(short_runs, tmp_path, args, phrase):
+    run = _copy_run(short_runs.root / "prior", tmp_path / "prior")
+    before = (run / "checkpoint.safetensors").read_bytes()
+    if "OTHER" in args:  # the same kind of codes, different grids
+        tensors, meta = _tensors(short_runs.codes)
+        tensors["codes"] = torch.flip(tensors["codes"], dims=[0])
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(tmp_path / "other.safetensors"), metadata=meta)
+        args = [str(tmp_path / "other.safetensors") if a == "OTHER" else a for a in args]
+    res = _invoke("train-prior", "--out", run, "--resume", "--steps", "6", *args)
+    assert res.exit_code == 1, res.output
+    assert phrase in res.output and "Traceback" not in res.output
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_prior_resume_accepts_its_own_options(short_runs, tmp_path):
+    run = _copy_run(short_runs.root / "prior", tmp_path / "prior")
+    s = json.loads(_ok(_invoke("train-prior", "--codes", short_runs.codes, "--out", run, "--resume", "--steps", "6",
+                               *TINY_PRIOR, "--prior", "pixelcnn", "--class-conditional", "--val-fraction", "0.25",
+                               "--json")).stdout)
+    assert s["steps"] == 6 and s["class_conditional"] is True
+
+
 @pytest.mark.parametrize("failure,code,phrase", [(OSError(28, "No space left on device"), 1, "No space left on device"),
                                                  (KeyboardInterrupt(), 130, "interrupted")])
 def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch, failure, code, phrase):

@@ -40,7 +40,7 @@ def _main(
 
 
 def friendly(fn):
-    """Turn library errors into one red line on stderr and exit 1; Ctrl+C into exit 130."""
+    """Turn library errors into one red line on stderr and exit 1; Ctrl+C into exit 130 (SIGTERM: 143)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -61,7 +61,7 @@ def friendly(fn):
                 log.note(str(e))
             else:
                 log.error("interrupted")
-            raise typer.Exit(130)
+            raise typer.Exit(getattr(e, "exit_code", 130))
 
     return wrapper
 
@@ -151,8 +151,8 @@ def train_vqvae(
     beta: Optional[float] = typer.Option(None, "--beta", help="Commitment loss weight (default 0.25)."),
     quantizer: Optional[str] = typer.Option(None, "--quantizer", help="ema (EMA codebook) | vq (codebook loss) (default ema)."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay of the codebook statistics (default 0.99)."),
-    val_fraction: float = typer.Option(0.02, "--val-fraction", help="Seeded held-out fraction, never trained on."),
-    flip: bool = typer.Option(False, "--flip/--no-flip", help="Random horizontal flips."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction, never trained on (default 0.02)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default off)."),
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory format (faster with bf16 on CPU and GPU)."),
@@ -170,23 +170,14 @@ def train_vqvae(
         raise typer.BadParameter("--data is required (unless --resume)", param_hint="--data")
     if quantizer is not None and quantizer not in ("ema", "vq"):
         raise typer.BadParameter(f"must be ema or vq, got {quantizer!r}", param_hint="--quantizer")
-    from dataclasses import replace
-
     from vqgen.stage1 import train_vqvae as run
-    from vqgen.vqvae import VQVAEConfig
 
-    base = VQVAEConfig()
-    if init_from is not None:
-        from vqgen.vqvae import read_vqvae_config
-
-        base = read_vqvae_config(init_from)
-    given = dict(image_size=image_size, hidden=hidden, res_blocks=res_blocks, res_channels=res_channels,
+    model = dict(image_size=image_size, hidden=hidden, res_blocks=res_blocks, res_channels=res_channels,
                  codebook_size=codebook_size, code_dim=code_dim, beta=beta, quantizer=quantizer, ema_decay=ema_decay)
-    model_cfg = replace(base, **{k: v for k, v in given.items() if v is not None})
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                                  log_every=log_every, amp=amp)
-    summary = run(data, out, model_cfg, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip,
+    summary = run(data, out, model, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
                   channels_last=channels_last, init_from=init_from)
     emit(summary, as_json)
@@ -243,7 +234,7 @@ def encode(
 def train_prior(
     codes: Optional[str] = typer.Option(None, "--codes", help="Index-grid file from `vqgen encode`."),
     out: Path = typer.Option(..., "--out", help="Run folder: weights, checkpoint, metrics.jsonl."),
-    prior: str = typer.Option("pixelcnn", "--prior", help="Registered prior (see `vqgen priors`)."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="Registered prior (see `vqgen priors`; default pixelcnn)."),
     opt: List[str] = typer.Option([], "--opt", "-o", help="Prior option key=value (repeatable), e.g. -o layers=12."),
     steps: Optional[int] = StepsOpt,
     epochs: Optional[float] = EpochsOpt,
@@ -260,7 +251,7 @@ def train_prior(
     class_conditional: Optional[bool] = typer.Option(
         None, "--class-conditional/--unconditional", help="Condition on labels (default: when the codes have labels)."),
     val_codes: Optional[str] = typer.Option(None, "--val-codes", help="Held-out index-grid file (else a seeded split)."),
-    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Seeded held-out fraction when no --val-codes."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction when no --val-codes (default 0.05)."),
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the prior (GPU runs)."),
     as_json: bool = JsonOpt,

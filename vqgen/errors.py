@@ -26,4 +26,8 @@ class TrainingError(VqgenError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl+C stopped training after a checkpoint was written; the message says how to resume."""
+    """Ctrl+C or SIGTERM stopped training after a checkpoint was written; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code  # 128 + the signal's number, as a shell reports a process that signal ended

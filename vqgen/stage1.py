@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,8 @@ from vqgen.errors import ConfigError, DataError
 from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
 from vqgen.images import make_grid, save_png
 from vqgen.runtime import autocast, init_distributed, local_main_first, resolve_device
-from vqgen.train import Trainer, TensorBatches, TrainConfig, check_run_dir, read_run_meta, resumed_config
+from vqgen.train import (Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data, check_unchanged,
+                         fingerprint, read_run_meta, resumed_config)
 from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae
 
 SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
@@ -63,14 +64,14 @@ def _batch_metrics(m: dict) -> dict:
 
 
 def train_vqvae(
-    data: str,
+    data: str | None,
     run_dir: str | Path,
-    model_cfg: VQVAEConfig,
+    model: VQVAEConfig | dict,
     train: dict | TrainConfig,
     *,
     epochs: float | None = None,
-    val_fraction: float = 0.02,
-    flip: bool = False,
+    val_fraction: float | None = None,
+    flip: bool | None = None,
     device: str = "auto",
     data_root: str | None = None,
     cache_dir: str | None = None,
@@ -80,21 +81,44 @@ def train_vqvae(
     init_from: str | None = None,
 ) -> dict:
     """Train (or resume) a VQ-VAE in run_dir, from scratch or grown from the weights `init_from`; returns the
-    held-out summary."""
+    held-out summary.
+
+    `model` is a whole VQVAEConfig or a dict of the model options given (None = not given); the others come
+    from `init_from`, from the run when resuming, else from VQVAEConfig(). On resume, `data` (None = where the
+    run read it) may point to a new place, but its contents must be the run's; options that would change the
+    model or the held-out split are refused rather than ignored."""
     from vqgen.data import load_images, split_indices
 
     run_dir = Path(run_dir)
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
-    if resume:
-        meta = read_run_meta(run_dir, "vqvae")
-        model_cfg = VQVAEConfig.from_dict(json.loads(meta["vqvae_config"]))
-        d = json.loads(meta["data"])
-        data, val_fraction, flip = d["spec"], d["val_fraction"], d["flip"]
-        train_cfg = resumed_config(meta, overrides)
-    else:
-        train_cfg = TrainConfig(**overrides)
+    given = asdict(model) if isinstance(model, VQVAEConfig) else {k: v for k, v in model.items() if v is not None}
     if resume and init_from is not None:
         raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint (drop one)")
+    stored_data = None
+    if resume:
+        meta = read_run_meta(run_dir, "vqvae")
+        stored_model = json.loads(meta["vqvae_config"])
+        stored_data = json.loads(meta["data"])
+        opt = lambda d: {"--" + k.replace("_", "-"): v for k, v in d.items()}
+        check_unchanged(opt(given), opt(stored_model))
+        check_unchanged({"--val-fraction": val_fraction, "--flip/--no-flip": flip},
+                        {"--val-fraction": stored_data["val_fraction"], "--flip/--no-flip": stored_data["flip"]})
+        model_cfg = VQVAEConfig.from_dict(stored_model)
+        data = stored_data["spec"] if data is None else data
+        val_fraction, flip = stored_data["val_fraction"], stored_data["flip"]
+        train_cfg = resumed_config(meta, overrides)
+    else:
+        if data is None:
+            raise ConfigError("--data is required (unless --resume)")
+        base = VQVAEConfig()
+        if init_from is not None:
+            from vqgen.vqvae import read_vqvae_config
+
+            base = read_vqvae_config(init_from)
+        model_cfg = replace(base, **given)
+        val_fraction = 0.02 if val_fraction is None else val_fraction
+        flip = bool(flip)
+        train_cfg = TrainConfig(**overrides)
     start = None
     if init_from is not None:
         from vqgen.grow import check_growable
@@ -116,6 +140,9 @@ def train_vqvae(
         images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir)
     if len(images.images) < 2:
         raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
+    data_sha = fingerprint(images.images, images.labels)
+    if stored_data is not None:
+        check_same_data(stored_data, data_sha, data, run_dir)
     tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
     if epochs is not None:
         train_cfg.steps = max(1, math.ceil(epochs * len(tr) / train_cfg.batch_size))
@@ -141,7 +168,7 @@ def train_vqvae(
     run_meta = {
         "kind": "vqvae",
         "vqvae_config": model_cfg.to_dict(),
-        "data": {"spec": images.source, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "flip": flip,
+        "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "flip": flip,
                  "num_train": len(tr), "num_val": len(va)},
     }
     if start is not None:
@@ -153,6 +180,12 @@ def train_vqvae(
     summary = trainer.fit(resume=resume)
     summary.update({"steps": trainer.step, "weights": str(run_dir / WEIGHTS_FILE)})
     return summary
+
+
+def _absolute(spec: str) -> str:
+    """A folder or file spec as an absolute path (a resumed run may start in another folder); cifar10 as is."""
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
 
 
 # -- using a trained VQ-VAE --------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from vqgen.checkpoint import (KIND_PRIOR, CheckpointError, file_sha256, first_pr
 from vqgen.codes import CodeSet, read_codes
 from vqgen.errors import CodesError, ConfigError
 from vqgen.runtime import autocast, init_distributed, resolve_device
-from vqgen.train import Trainer, TensorBatches, TrainConfig, check_run_dir, read_run_meta, resumed_config
+from vqgen.train import (Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data, check_unchanged,
+                         fingerprint, read_run_meta, resumed_config)
 
 WEIGHTS_FILE = "prior.safetensors"
 SPLIT_SEED = 0
@@ -127,35 +128,57 @@ def evaluate_prior(prior: nn.Module, codes: torch.Tensor, labels: torch.Tensor |
 
 
 def train_prior(
-    codes_path: str | Path,
+    codes_path: str | Path | None,
     run_dir: str | Path,
-    prior_name: str,
+    prior_name: str | None,
     prior_options: list[str],
     train: dict,
     *,
     epochs: float | None = None,
     class_conditional: bool | None = None,
     val_codes: str | None = None,
-    val_fraction: float = 0.05,
+    val_fraction: float | None = None,
     device: str = "auto",
     resume: bool = False,
     compile: bool = False,
 ) -> dict:
-    """Fit (or resume) a prior on an index-grid file; returns the held-out summary."""
-    from priors import get_prior
+    """Fit (or resume) a prior on an index-grid file; returns the held-out summary.
+
+    None means "not given": the default for a new run, the run's own value on resume. On resume the code files
+    may be given again (say, moved), but their contents must be the run's; a different prior, prior option,
+    conditioning or held-out split is refused rather than ignored."""
+    from priors import DEFAULT_PRIOR, get_prior
 
     run_dir = Path(run_dir)
     overrides = dict(train)
+    stored_data = None
     if resume:
         meta = read_run_meta(run_dir, "prior")
-        d = json.loads(meta["data"])
-        codes_path, val_codes, val_fraction = d["codes"], d["val_codes"], d["val_fraction"]
-        prior_name, cfg_dict = meta["prior"], json.loads(meta["prior_config"])
+        stored_data = json.loads(meta["data"])
+        stored_name, cfg_dict = meta["prior"], json.loads(meta["prior_config"])
+        check_unchanged({"--prior": prior_name, "--val-fraction": None if stored_data["val_codes"] else val_fraction,
+                         "--class-conditional/--unconditional": class_conditional},
+                        {"--prior": stored_name, "--val-fraction": stored_data["val_fraction"],
+                         "--class-conditional/--unconditional": cfg_dict["num_classes"] > 0})
+        if prior_options:
+            given = parse_prior_options(get_prior(stored_name).config_class, prior_options)
+            check_unchanged({f"-o {k}": v for k, v in given.items()}, {f"-o {k}": v for k, v in cfg_dict.items()})
+        if val_codes is not None and stored_data["val_codes"] is None:
+            raise ConfigError("--val-codes does not match the run being resumed, which holds out a split of --codes; "
+                              "drop the option, or start a new run with another --out")
+        prior_name, class_conditional = stored_name, cfg_dict["num_classes"] > 0
+        codes_path = stored_data["codes"] if codes_path is None else codes_path
+        val_codes = stored_data["val_codes"] if val_codes is None else val_codes
+        val_fraction = stored_data["val_fraction"]
         train_cfg = resumed_config(meta, overrides)
     else:
+        if codes_path is None:
+            raise ConfigError("--codes is required (unless --resume)")
         if (run_dir / "checkpoint.safetensors").exists():
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         check_run_dir(run_dir)
+        prior_name = prior_name or DEFAULT_PRIOR
+        val_fraction = 0.05 if val_fraction is None else val_fraction
         train_cfg = TrainConfig(**overrides)
     train_cfg.validate()
     cls = get_prior(prior_name)
@@ -182,6 +205,9 @@ def train_prior(
         tr_labels, va_labels = (lab[tr], lab[va]) if lab is not None else (None, None)
     if not conditional:
         tr_labels = va_labels = None
+    codes_sha = fingerprint(tr_codes, tr_labels, va_codes, va_labels)
+    if stored_data is not None:
+        check_same_data(stored_data, codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])), run_dir)
     if not resume:
         cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options),
                     "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
@@ -199,7 +225,7 @@ def train_prior(
     run_meta = {
         "kind": "prior", "prior": prior_name, "prior_config": cfg_dict,
         "data": {"codes": str(Path(codes_path).resolve()), "val_codes": str(Path(val_codes).resolve()) if val_codes else None,
-                 "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "num_train": int(tr_codes.shape[0]),
+                 "sha256": codes_sha, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "num_train": int(tr_codes.shape[0]),
                  "num_val": int(va_codes.shape[0])},
     }
     trainer = Trainer(

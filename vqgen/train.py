@@ -4,6 +4,7 @@ atomic checkpoints, bit-exact resume, Ctrl+C, non-finite losses and DistributedD
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -18,11 +19,12 @@ import torch.nn as nn
 
 from vqgen import log
 from vqgen.checkpoint import KIND_STATE, first_problem, load_tensors, meta_json, save_tensors
-from vqgen.errors import CheckpointError, Interrupted, TrainingError
+from vqgen.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from vqgen.runtime import Dist, any_rank, autocast, barrier
 
 STATE_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both checkpoint and stop at the next step
 
 
 @dataclass
@@ -172,6 +174,40 @@ def resumed_config(meta: dict[str, str], overrides: dict) -> TrainConfig:
     return TrainConfig(**stored)
 
 
+def check_unchanged(given: dict, stored: dict) -> None:
+    """On --resume, refuse an option that defines the run (model, data split) but differs from the run's: it
+    would otherwise be silently ignored. Keys are option names as typed ("--on/--off" for flags); None means
+    not given."""
+    for opt, value in given.items():
+        if value is None or opt not in stored or stored[opt] == value:
+            continue
+        if isinstance(value, bool):  # a flag pair, "--on/--off"
+            show = lambda v: opt.split("/")[0 if v else 1]
+        else:
+            show = lambda v: f"{opt} {v}"
+        raise ConfigError(f"{show(value)} does not match the run being resumed, which has {show(stored[opt])}; "
+                          "a resumed run keeps its model and data split: drop the option, or start a new run "
+                          "with another --out")
+
+
+def fingerprint(*tensors: torch.Tensor | None) -> str:
+    """sha256 over tensors' contents: recorded with a run, so --resume can tell that its data changed."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is not None:
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_same_data(stored: dict, now: str, where: str, run_dir: Path) -> None:
+    """Refuse to resume a run on data other than the data it trained on (runs from before fingerprints pass)."""
+    then = stored.get("sha256")
+    if then is not None and then != now:
+        raise DataError(f"{where} is not the data the run in {run_dir} trained on (its contents differ); "
+                        "resume with the same data, or start a new run with another --out")
+
+
 class Trainer:
     """Fits `objective` (a module whose forward(*batch) returns (loss, metrics)) on `batches`."""
 
@@ -212,7 +248,7 @@ class Trainer:
             self.net = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
         if compile:
             self.net = torch.compile(self.net)
-        self._stop_requested = False
+        self._stop_requested: signal.Signals | None = None  # the signal that asked training to stop
         self._last_saved: int | None = None  # step of the newest checkpoint on disk, None before the first
         # what Ctrl+C tells the user to run to continue (the trainer does not know which command started it)
         self.resume_command = resume_command or f"the same command with --out {self.run_dir} --resume"
@@ -292,6 +328,8 @@ class Trainer:
                 raise CheckpointError(f"cannot create run folder {self.run_dir}: {e.strerror or e}") from None
             for stale in self.run_dir.glob(".*.tmp"):  # atomic_path temporaries a kill -9 during a write left
                 stale.unlink(missing_ok=True)
+            if resume:
+                _drop_partial_line(self.run_dir / METRICS_FILE)
         if resume:
             self.load_state()
             self._last_saved = self.step
@@ -303,21 +341,24 @@ class Trainer:
             self._write_metrics(
                 {"event": "config", "train": asdict(cfg), "world_size": self.dist.world_size, **self.run_meta}
             )
-        prev_handler = signal.getsignal(signal.SIGINT)
         # every rank: torchrun starts its workers in their own session, so a Ctrl+C reaches them only as the
-        # one SIGINT torchrun forwards to each; the ranks agree at the next step to stop (see _loop)
-        signal.signal(signal.SIGINT, self._on_sigint)
+        # one SIGINT torchrun forwards to each; the ranks agree at the next step to stop (see _loop). SIGTERM
+        # (kill, a batch scheduler's preemption, `timeout`) is treated the same: checkpoint, then stop.
+        prev = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
         try:
             result = self._loop()
         finally:
-            signal.signal(signal.SIGINT, prev_handler)
+            for sig, handler in prev.items():
+                signal.signal(sig, handler)
         barrier(self.dist)  # every rank returns once rank 0 has written the final files
         return result
 
-    def _on_sigint(self, *_):
-        if self._stop_requested:  # second Ctrl+C: leave now
+    def _on_signal(self, signum, _frame):
+        if self._stop_requested:  # a second signal: leave now, without the checkpoint
             raise KeyboardInterrupt
-        self._stop_requested = True
+        self._stop_requested = signal.Signals(signum)
 
     def _loop(self) -> dict:
         cfg, last = self.cfg, {}
@@ -334,12 +375,14 @@ class Trainer:
             task = progress.add_task("train", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
                 # under DDP a collective every step: all ranks stop at the same step when any was interrupted
-                if any_rank(self._stop_requested, self.dist, self.device):
+                if any_rank(bool(self._stop_requested), self.dist, self.device):
                     progress.stop()
                     self.save_state()
                     barrier(self.dist)  # the others wait for rank 0's save: torchrun ends all once one exits
-                    raise Interrupted(f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}; "
-                                      f"resume with: {self.resume_command}")
+                    sig = self._stop_requested or signal.SIGINT  # a rank told by another rank has no signal
+                    what = "interrupted" if sig == signal.SIGINT else f"stopped by {sig.name}"
+                    raise Interrupted(f"{what} at step {self.step}; checkpoint saved in {self.run_dir}; "
+                                      f"resume with: {self.resume_command}", exit_code=128 + int(sig))
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(cfg, self.step)
                 batch = next(self.batches)
@@ -385,6 +428,17 @@ class Trainer:
             if log.quiet():
                 log.note(f"step {self.step}: " + _fmt(res))
         return res
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a record a kill left half-written at the end of a JSONL file, so every line stays valid JSON."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
 
 
 def _mean_over_ranks(loss: torch.Tensor, metrics: dict, world_size: int) -> tuple[torch.Tensor, dict]:
