@@ -87,7 +87,7 @@ class Prior(nn.Module):
     def logits(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """codes (b, H, W) long -> (b, K, H, W) logits; the logits at (i, j) depend only on codes strictly
         before (i, j) in raster order (and on the label)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement logits(codes, labels)")
+        raise NotImplementedError  # abstract: registration refuses a prior class that does not override it
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.logits(codes, labels)
@@ -219,4 +219,6 @@ def prior_class_problem(obj) -> str | None:
     missing = {f.name for f in fields(PriorConfig)} - {f.name for f in fields(cc)}
     if missing:
         return f"its config_class lacks {sorted(missing)}"
+    if obj.logits is Prior.logits:
+        return "it does not implement logits(codes, labels)"
     return None

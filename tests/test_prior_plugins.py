@@ -106,6 +106,10 @@ BROKEN_MODULES = {
         "from priors import Prior\n\n"
         "class BadConfig(Prior):\n    config_class = dict\n"
     ),
+    "vqgen_nologits": (
+        "from priors import Prior, PriorConfig\n\n"
+        "class NoLogits(Prior):\n    config_class = PriorConfig\n"
+    ),
 }
 BROKEN_EPS = {
     "boom": "vqgen_boom:Model",
@@ -114,6 +118,7 @@ BROKEN_EPS = {
     "notprior": "vqgen_notprior:Thing",
     "notaclass": "vqgen_notprior:not_a_class",
     "badconfig": "vqgen_badconfig:BadConfig",
+    "nologits": "vqgen_nologits:NoLogits",
 }
 
 
@@ -132,6 +137,7 @@ def test_broken_plugins_warn_once_each_and_are_skipped(tmp_path, monkeypatch, wa
     assert "RuntimeError: boom at import" in text
     assert "ModuleNotFoundError" in text and "AttributeError" in text
     assert "not a subclass of priors.Prior" in text and "config_class" in text
+    assert "does not implement logits(codes, labels)" in text
     assert "already taken (built-in)" in text
     # the registry still works, the built-in keeps its name, and nothing warns again
     assert get_prior("pixelcnn").__module__ == "priors.pixelcnn"
