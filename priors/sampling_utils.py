@@ -12,14 +12,16 @@ import torch
 from vqgen.errors import ConfigError
 
 
-def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
-    """Raise ConfigError for a filter setting that has no meaning."""
+def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                        as_options: bool = False) -> None:
+    """Raise ConfigError for a filter setting that has no meaning (named --top-k etc. when as_options)."""
+    name = (lambda k: "--" + k.replace("_", "-")) if as_options else (lambda k: k)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+        raise ConfigError(f"{name('temperature')} must be a positive number, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        raise ConfigError(f"{name('top_k')} must be a positive integer, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+        raise ConfigError(f"{name('top_p')} must be in (0, 1], got {top_p!r}")
 
 
 def filter_logits(

@@ -37,6 +37,17 @@ def test_sample_with_no_weights_named(cli, tmp_path):
     assert pixels.std() > 10  # decoded images, not a flat field
 
 
+def test_sample_says_which_classes_a_short_grid_shows(cli, tmp_path):
+    """The conditional prior draws one class per row; a grid with fewer rows than classes says so."""
+    res = cli("sample", "--n", 8, "--nrow", 4, "--out", tmp_path / "a.png", "--json")
+    assert json.loads(res.stdout)["classes"] == ["airplane", "automobile"]
+    assert "the 2 rows show classes 0-1 of 10; --n 40 shows them all" in res.stderr
+    res = cli("sample", "--n", 20, "--nrow", 2, "--out", tmp_path / "b.png", "--json")
+    assert len(json.loads(res.stdout)["classes"]) == 10 and "one class per row" not in res.stderr
+    res = cli("sample", "--n", 3, "--class", "cat", "--out", tmp_path / "c.png", "--json")
+    assert json.loads(res.stdout)["classes"] == ["cat"] and "one class per row" not in res.stderr
+
+
 def test_shipped_vqvae_reconstructs_smooth_images(cli, tmp_path):
     """Smooth colour ramps are easy for any working CIFAR-10 autoencoder; a broken one scores far lower."""
     folder = tmp_path / "ramps"

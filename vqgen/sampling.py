@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from priors.sampling_utils import check_sampling_args
+from vqgen import log
 from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
 from vqgen.errors import ConfigError
@@ -49,12 +51,7 @@ def sample(
 
     if n <= 0:
         raise ConfigError(f"--n must be a positive number of samples, got {n}")
-    if not temperature > 0:
-        raise ConfigError(f"--temperature must be positive, got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise ConfigError(f"--top-k must be positive, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    check_sampling_args(temperature, top_k, top_p, as_options=True)  # before any model is loaded
     out = Path(out)
     as_grid = out.suffix.lower() == ".png"
     check_parent(out)
@@ -74,6 +71,12 @@ def sample(
         labels = torch.full((n,), resolve_class(class_, pmeta["class_names"], num_classes), dtype=torch.long)
     elif num_classes:
         labels = (torch.arange(n) // max(nrow, 1)) % num_classes  # one class per grid row
+        rows = -(-n // nrow)
+        if rows < num_classes:
+            log.note(f"one class per row: the {rows} row{'s' if rows > 1 else ''} show classes 0-{rows - 1} of "
+                     f"{num_classes}; --n {nrow * num_classes} shows them all, --class NAME picks one")
+    names = list(pmeta["class_names"]) or [str(i) for i in range(num_classes)]
+    drawn = [] if labels is None else [names[c] for c in dict.fromkeys(labels.tolist())]  # in grid order
     gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()
     grids, images = [], []
@@ -98,4 +101,5 @@ def sample(
     if save_codes:
         write_codes(save_codes, CodeSet(codes, model_p.config.num_codes, labels, list(pmeta["class_names"]) if labels is not None else [],
                                         vsha, f"sample:{pmeta['path']}"))
-    return {"samples": n, "out": str(out), "seconds": seconds, "prior": pmeta["prior"], "seed": seed}
+    return {"samples": n, "out": str(out), "seconds": seconds, "prior": pmeta["prior"], "seed": seed,
+            "classes": drawn}
