@@ -41,7 +41,7 @@ def test_sample_says_which_classes_a_short_grid_shows(cli, tmp_path):
     """The conditional prior draws one class per row; a grid with fewer rows than classes says so."""
     res = cli("sample", "--n", 8, "--nrow", 4, "--out", tmp_path / "a.png", "--json")
     assert json.loads(res.stdout)["classes"] == ["airplane", "automobile"]
-    assert "the 2 rows show classes 0-1 of 10; --n 40 shows them all" in res.stderr
+    assert "the grid shows 2 of 10 classes (airplane, automobile); --n 40 shows all of them" in res.stderr
     res = cli("sample", "--n", 20, "--nrow", 2, "--out", tmp_path / "b.png", "--json")
     assert len(json.loads(res.stdout)["classes"]) == 10 and "one class per row" not in res.stderr
     res = cli("sample", "--n", 3, "--class", "cat", "--out", tmp_path / "c.png", "--json")

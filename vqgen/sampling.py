@@ -71,10 +71,6 @@ def sample(
         labels = torch.full((n,), resolve_class(class_, pmeta["class_names"], num_classes), dtype=torch.long)
     elif num_classes:
         labels = (torch.arange(n) // max(nrow, 1)) % num_classes  # one class per grid row
-        rows = -(-n // nrow)
-        if rows < num_classes:
-            log.note(f"one class per row: the {rows} row{'s' if rows > 1 else ''} show classes 0-{rows - 1} of "
-                     f"{num_classes}; --n {nrow * num_classes} shows them all, --class NAME picks one")
     names = list(pmeta["class_names"]) or [str(i) for i in range(num_classes)]
     drawn = [] if labels is None else [names[c] for c in dict.fromkeys(labels.tolist())]  # in grid order
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -98,6 +94,9 @@ def sample(
         width = len(str(n - 1))
         for i, img in enumerate(imgs):
             save_png(img, out / f"sample_{i:0{width}d}.png")
+    if class_ is None and 0 < len(drawn) < num_classes:  # said once the images are written, not before an error
+        log.note(f"one class per row: the grid shows {len(drawn)} of {num_classes} classes ({', '.join(drawn)}); "
+                 f"--n {nrow * num_classes} shows all of them, --class NAME picks one")
     if save_codes:
         write_codes(save_codes, CodeSet(codes, model_p.config.num_codes, labels, list(pmeta["class_names"]) if labels is not None else [],
                                         vsha, f"sample:{pmeta['path']}"))
