@@ -303,7 +303,12 @@ def short_runs(tmp_path_factory, codes):
     _ok(_invoke("train-prior", "--codes", codes, "--out", root / "prior", *TINY_PRIOR, "--steps", "4",
                 "--batch-size", "8", "--val-fraction", "0.25", "--class-conditional"))
     other = make_images(root / "other", seed=1)
-    return SimpleNamespace(root=root, data=data, other=other, codes=codes)
+    tensors, meta = _tensors(codes)  # the same kind of codes, other grids
+    tensors["codes"] = torch.flip(tensors["codes"], dims=[0])
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(root / "other_codes.safetensors"), metadata=meta)
+    return SimpleNamespace(root=root, data=data, other=other, codes=codes, other_codes=root / "other_codes.safetensors")
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -311,18 +316,29 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("args,phrase", [
-    (["--hidden", "24"], "--hidden 24 does not match the run being resumed, which has --hidden 16"),
-    (["--codebook-size", "32"], "--codebook-size 32 does not match the run being resumed, which has --codebook-size 16"),
-    (["--flip"], "--flip does not match the run being resumed, which has --no-flip"),
-    (["--val-fraction", "0.5"], "--val-fraction 0.5 does not match the run being resumed, which has --val-fraction 0.02"),
-    (["--data", "OTHER"], "is not the data the run in"),
+@pytest.mark.parametrize("command,args,phrase", [
+    ("train-vqvae", ["--hidden", "24"], "--hidden 24 does not match the run being resumed, which has --hidden 16"),
+    ("train-vqvae", ["--codebook-size", "32"],
+     "--codebook-size 32 does not match the run being resumed, which has --codebook-size 16"),
+    ("train-vqvae", ["--flip"], "--flip does not match the run being resumed, which has --no-flip"),
+    ("train-vqvae", ["--val-fraction", "0.5"],
+     "--val-fraction 0.5 does not match the run being resumed, which has --val-fraction 0.02"),
+    ("train-vqvae", ["--data", "OTHER"], "is not the data the run in"),
+    ("train-prior", ["--prior", "transformer"],
+     "--prior transformer does not match the run being resumed, which has --prior pixelcnn"),
+    ("train-prior", ["-o", "layers=5"], "-o layers 5 does not match the run being resumed, which has -o layers 3"),
+    ("train-prior", ["--unconditional"],
+     "--unconditional does not match the run being resumed, which has --class-conditional"),
+    ("train-prior", ["--val-fraction", "0.5"], "--val-fraction 0.5 does not match"),
+    ("train-prior", ["--codes", "OTHER"], "is not the data the run in"),
+    ("train-prior", ["-o", "bogus=1"], "bad prior option 'bogus=1'"),
 ])
-def test_vqvae_resume_refuses_options_it_would_ignore(short_runs, tmp_path, args, phrase):
-    run = _copy_run(short_runs.root / "vq", tmp_path / "vq")
+def test_resume_refuses_options_it_would_ignore(short_runs, tmp_path, command, args, phrase):
+    name = "vq" if command == "train-vqvae" else "prior"
+    run = _copy_run(short_runs.root / name, tmp_path / name)
     before = (run / "checkpoint.safetensors").read_bytes()
-    args = [str(short_runs.other) if a == "OTHER" else a for a in args]
-    res = _invoke("train-vqvae", "--out", run, "--resume", "--steps", "6", *args)
+    other = short_runs.other if command == "train-vqvae" else short_runs.other_codes
+    res = _invoke(command, "--out", run, "--resume", "--steps", "6", *[other if a == "OTHER" else a for a in args])
     assert res.exit_code == 1, res.output
     assert phrase in res.output and "Traceback" not in res.output
     assert (run / "checkpoint.safetensors").read_bytes() == before
@@ -338,30 +354,6 @@ def test_vqvae_resume_accepts_its_own_options_and_moved_data(short_runs, tmp_pat
     assert s["steps"] == 6
     data = json.loads(read_header(run / "checkpoint.safetensors")[1]["data"])
     assert data["spec"] == str(moved.resolve()) and len(data["sha256"]) == 64
-
-
-@pytest.mark.parametrize("args,phrase", [
-    (["--prior", "transformer"], "--prior transformer does not match the run being resumed, which has --prior pixelcnn"),
-    (["-o", "layers=5"], "-o layers 5 does not match the run being resumed, which has -o layers 3"),
-    (["--unconditional"], "--unconditional does not match the run being resumed, which has --class-conditional"),
-    (["--val-fraction", "0.5"], "--val-fraction 0.5 does not match"),
-    (["--codes", "OTHER"], "is not the data the run in"),
-    (["-o", "bogus=1"], "bad prior option 'bogus=1'"),
-])
-def test_prior_resume_refuses_options_it_would_ignore(short_runs, tmp_path, args, phrase):
-    run = _copy_run(short_runs.root / "prior", tmp_path / "prior")
-    before = (run / "checkpoint.safetensors").read_bytes()
-    if "OTHER" in args:  # the same kind of codes, different grids
-        tensors, meta = _tensors(short_runs.codes)
-        tensors["codes"] = torch.flip(tensors["codes"], dims=[0])
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(tmp_path / "other.safetensors"), metadata=meta)
-        args = [str(tmp_path / "other.safetensors") if a == "OTHER" else a for a in args]
-    res = _invoke("train-prior", "--out", run, "--resume", "--steps", "6", *args)
-    assert res.exit_code == 1, res.output
-    assert phrase in res.output and "Traceback" not in res.output
-    assert (run / "checkpoint.safetensors").read_bytes() == before
 
 
 def test_prior_resume_accepts_its_own_options(short_runs, tmp_path):
