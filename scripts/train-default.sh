@@ -59,4 +59,6 @@ done
 
 cp "$RUN_ROOT/vq-grown/vqvae.safetensors" vqgen/weights/vqvae.safetensors
 cp "$RUN_ROOT/prior/prior.safetensors" vqgen/weights/prior.safetensors
-vqgen evaluate --data "$DATA" --split val --json "$RUN_ROOT/evaluate-val.json"
+# the files just copied (named: an installed, non-editable vqgen would otherwise evaluate its own copies)
+vqgen evaluate --vqvae vqgen/weights/vqvae.safetensors --prior vqgen/weights/prior.safetensors \
+  --data "$DATA" --split val --json "$RUN_ROOT/evaluate-val.json"
