@@ -1,0 +1,54 @@
+"""scripts/train-default.sh, the recipe behind the shipped weights, runs end to end (on tiny legs) and resumes.
+
+The script is copied into a scratch tree, so the weights it copies into vqgen/weights/ land there, not in the
+package. Its model sizes are the real defaults; only the step counts are tiny.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import make_images
+from vqgen.checkpoint import file_sha256, read_header
+from vqgen.vqvae import read_vqvae_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_recipe(tree: Path, data: Path, runs: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "GROWN_LEGS": "2",
+           "GROWN_SIZE": "--hidden 128 --res-blocks 3 --res-channels 32", "PRIOR_LEGS": "2 3",
+           "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(tree / "scripts" / "train-default.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "scripts").mkdir(parents=True)
+    (tree / "vqgen" / "weights").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "train-default.sh", tree / "scripts")
+    data = make_images(tmp_path / "images", per_class=12, size=32)
+    runs = tmp_path / "runs"
+
+    res = _run_recipe(tree, data, runs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    vq, prior = tree / "vqgen" / "weights" / "vqvae.safetensors", tree / "vqgen" / "weights" / "prior.safetensors"
+    cfg = read_vqvae_config(vq)
+    assert (cfg.hidden, cfg.res_blocks, cfg.res_channels) == (128, 3, 32)  # the grown model ships
+    assert read_header(prior)[1]["vqvae_sha256"] == file_sha256(vq)  # the prior learned the shipped VQ-VAE's codes
+    figures = json.loads((runs / "evaluate-val.json").read_text())
+    assert figures["vqvae"].endswith("vqgen/weights/vqvae.safetensors") and figures["codes_used"] >= 1
+    events = [json.loads(x).get("event") for x in (runs / "vq" / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 1  # leg 2 of the default VQ-VAE continued leg 1
+
+    # run again: every stage is already at its last leg, so it only re-evaluates and copies the same files
+    before = vq.read_bytes(), prior.read_bytes()
+    res = _run_recipe(tree, data, runs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (vq.read_bytes(), prior.read_bytes()) == before
+    for stage in ("vq", "vq-grown", "prior"):
+        assert f"resuming {runs / stage} at step" in res.stderr
