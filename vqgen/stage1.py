@@ -168,8 +168,8 @@ def train_vqvae(
     run_meta = {
         "kind": "vqvae",
         "vqvae_config": model_cfg.to_dict(),
-        "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "flip": flip,
-                 "num_train": len(tr), "num_val": len(va)},
+        "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction,
+                 "split_seed": SPLIT_SEED, "flip": flip, "num_train": len(tr), "num_val": len(va)},
     }
     if start is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}
