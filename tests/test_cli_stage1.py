@@ -78,6 +78,24 @@ def test_encode_writes_valid_index_grids(cli, trained_vqvae, tmp_path):
     assert len(read_codes(tr)) + len(read_codes(va)) == 24
 
 
+def test_encode_flip_appends_the_codes_of_mirrored_images(cli, trained_vqvae, tmp_path):
+    from vqgen.data import load_images
+    from vqgen.vqvae import load_vqvae
+
+    w = trained_vqvae["run"] / "vqvae.safetensors"
+    out = tmp_path / "codes.safetensors"
+    s = json.loads(cli("encode", "--vqvae", w, "--data", trained_vqvae["data"], "--out", out, "--split", "all",
+                       "--flip", "--json").stdout)
+    cs = read_codes(out)
+    assert len(cs) == 48 == s["grids"] and s["flip"] is True and cs.source.endswith("#all+flip")
+    assert cs.labels.tolist() == ([0] * 12 + [1] * 12) * 2
+    m, _ = load_vqvae(w)
+    x = load_images(str(trained_vqvae["data"]), 16).images.float() / 255
+    assert torch.equal(cs.codes[:24], m.encode(x)) and torch.equal(cs.codes[24:], m.encode(x.flip(3)))
+    # they really are the mirrored images' codes, not the grids mirrored: this tiny encoder is not equivariant
+    assert not torch.equal(cs.codes[24:], cs.codes[:24].flip(2))
+
+
 def test_train_vqvae_resume_continues_to_more_steps(cli, image_folder, tmp_path):
     run = tmp_path / "run"
     args = ["train-vqvae", "--data", image_folder, "--out", run, "--batch-size", "8", *TINY_VQVAE_ARGS]

@@ -127,8 +127,8 @@ def test_ranks_stay_identical_through_dead_code_restarts(ddp):
 
 def test_only_rank_0_writes_and_prints(ddp):
     run = ddp / "vq"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.safetensors", "metrics.jsonl", "reconstructions.png",
-                                                     "vqvae.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "checkpoint.safetensors", "metrics.jsonl",
+                                                     "reconstructions.png", "vqvae.safetensors"]
     recs = _records(run)
     assert recs[0]["event"] == "config" and recs[0]["world_size"] == 2
     assert [r["step"] for r in recs if "loss" in r] == list(range(1, 41))  # one record per step, not one per rank

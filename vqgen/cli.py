@@ -214,6 +214,7 @@ def encode(
     split: str = typer.Option("train", "--split", help="train | val | all (the seeded held-out split of --data)."),
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="Held-out fraction defining the split."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
+    flip: bool = typer.Option(False, "--flip", help="Also encode every image mirrored left-right (twice the grids; more data for train-prior)."),
     device: str = DeviceOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -226,7 +227,7 @@ def encode(
     from vqgen.stage1 import encode as run
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
-             data_root=data_root, cache_dir=cache_dir), as_json)
+             data_root=data_root, cache_dir=cache_dir, flip=flip), as_json)
 
 
 @app.command("train-prior", epilog="Example: vqgen train-prior --codes codes.safetensors --out runs/prior --steps 20000")

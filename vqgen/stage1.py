@@ -17,8 +17,8 @@ from vqgen.errors import ConfigError, DataError
 from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
 from vqgen.images import make_grid, save_png
 from vqgen.runtime import autocast, init_distributed, local_main_first, resolve_device
-from vqgen.train import (Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data, check_unchanged,
-                         fingerprint, read_run_meta, resumed_config)
+from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
+                         check_unchanged, fingerprint, read_run_meta, resumed_config)
 from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae
 
 SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
@@ -173,9 +173,10 @@ def train_vqvae(
     }
     if start is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}
+    keep_best = KeepBest("val_psnr", True, lambda: save_vqvae(model, run_dir / BEST_FILE)) if len(va) else None
     trainer = Trainer(objective, batches, train_cfg, run_dir, dev, dist, run_meta=run_meta, export=export,
                       evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
-                      describe_metrics=_batch_metrics, compile=compile,
+                      describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best,
                       resume_command=f"vqgen train-vqvae --out {shlex.quote(str(run_dir))} --resume")
     summary = trainer.fit(resume=resume)
     summary.update({"steps": trainer.step, "weights": str(run_dir / WEIGHTS_FILE)})
@@ -252,8 +253,12 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
 
 def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
            device: str = "auto", batch_size: int = 500, data_root: str | None = None,
-           cache_dir: str | None = None) -> dict:
-    """Encode a data set (or its seeded train/val split) into an index-grid file."""
+           cache_dir: str | None = None, flip: bool = False) -> dict:
+    """Encode a data set (or its seeded train/val split) into an index-grid file.
+
+    With `flip`, the grids of the images mirrored left-right follow those of the images (twice the grids, labels
+    repeated): more data for a prior, which overfits the grids of one pass over a small set within a few epochs.
+    """
     from vqgen.data import load_images, split_indices
 
     if split not in ("train", "val", "all"):
@@ -268,12 +273,17 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     if split != "all":
         tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
         idx = tr if split == "train" else va
-    codes = _encode_all(model, images.images[idx], batch_size)
+    picked = images.images[idx]
+    codes = _encode_all(model, picked, batch_size)  # (n, h, w)
     labels = images.labels[idx] if images.labels is not None else None
+    if flip:
+        # codes of a mirrored image are not the mirrored codes: the encoder is not equivariant, so encode again
+        codes = torch.cat([codes, _encode_all(model, picked.flip(3), batch_size)])
+        labels = labels.repeat(2) if labels is not None else None
     cs = CodeSet(codes, model.config.codebook_size, labels, list(images.class_names), sha,
-                 f"{images.source}#{split}")
+                 f"{images.source}#{split}" + ("+flip" if flip else ""))
     write_codes(out, cs)
     usage = code_usage(codes, cs.num_codes)
     return {"out": str(out), "grids": len(cs), "height": cs.height, "width": cs.width, "num_codes": cs.num_codes,
             "codes_used": usage["codes_used"], "unigram_entropy_bits": usage["unigram_entropy_bits"],
-            "split": split, "vqvae": path}
+            "split": split, "flip": flip, "vqvae": path}

@@ -18,8 +18,8 @@ from vqgen.checkpoint import (KIND_PRIOR, CheckpointError, file_sha256, first_pr
 from vqgen.codes import CodeSet, read_codes
 from vqgen.errors import CodesError, ConfigError
 from vqgen.runtime import autocast, init_distributed, resolve_device
-from vqgen.train import (Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data, check_unchanged,
-                         fingerprint, read_run_meta, resumed_config)
+from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
+                         check_unchanged, fingerprint, read_run_meta, resumed_config)
 
 WEIGHTS_FILE = "prior.safetensors"
 SPLIT_SEED = 0
@@ -234,6 +234,9 @@ def train_prior(
         evaluate=lambda: evaluate_prior(prior, va_codes, va_labels, amp=train_cfg.amp),
         describe_metrics=lambda m: {k: v.item() for k, v in m.items()}, compile=compile,
         resume_command=f"vqgen train-prior --out {shlex.quote(str(run_dir))} --resume",
+        keep_best=KeepBest("val_bits_per_code", False,
+                           lambda: save_prior(prior, run_dir / BEST_FILE, class_names, cs.vqvae_sha256))
+        if va_codes.shape[0] else None,
     )
     summary = trainer.fit(resume=resume)
     from vqgen.evaluate import code_usage

@@ -25,6 +25,21 @@ from vqgen.runtime import Dist, any_rank, autocast, barrier
 STATE_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both checkpoint and stop at the next step
+BEST_FILE = "best.safetensors"  # the weights of the held-out evaluation with the best figure so far
+
+
+@dataclass
+class KeepBest:
+    """Which held-out figure picks a run's best weights, and how to write them."""
+
+    metric: str  # key of the evaluate() result, e.g. "val_psnr"
+    higher_is_better: bool  # True for PSNR, False for bits per code
+    save: Callable[[], None]  # writes the current weights as the run's best
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        return best is None or (value > best if self.higher_is_better else value < best)
 
 
 @dataclass
@@ -225,12 +240,14 @@ class Trainer:
         describe_metrics: Callable[[dict], dict] | None = None,
         compile: bool = False,
         resume_command: str | None = None,
+        keep_best: KeepBest | None = None,
     ):
         cfg.validate()
         self.objective, self.batches, self.cfg = objective, batches, cfg
         self.run_dir, self.device, self.dist = Path(run_dir), device, dist
         self.run_meta = run_meta or {}  # model kind/config: stored in the state so --resume can rebuild it
-        self.export, self.evaluate = export, evaluate
+        self.export, self.evaluate, self.keep_best = export, evaluate, keep_best
+        self.best: dict | None = None  # {"step", "value"} of the best held-out evaluation so far
         self.describe_metrics = describe_metrics or (lambda m: m)
         params = [p for p in objective.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
@@ -284,6 +301,7 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "python_rng": _py_rng_to_json(random.getstate()),
             "world_size": self.dist.world_size,
+            "best": self.best,
             **self.run_meta,
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +328,7 @@ class Trainer:
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
         random.setstate(_py_rng_from_json(meta_json(meta, "python_rng", path)))
+        self.best = meta_json(meta, "best", path) if "best" in meta else None  # older runs kept no best
 
     # -- metrics ----------------------------------------------------------------------------------------
     def _write_metrics(self, record: dict) -> None:
@@ -361,7 +380,7 @@ class Trainer:
         self._stop_requested = signal.Signals(signum)
 
     def _loop(self) -> dict:
-        cfg, last = self.cfg, {}
+        cfg, last, result = self.cfg, {}, None
         self.objective.train()
         start_step, t0 = self.step, time.perf_counter()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -412,12 +431,19 @@ class Trainer:
                     progress.update(task, completed=self.step, info=_fmt(rec))
                 elif not progress.disable:
                     progress.update(task, completed=self.step)
-                if self.evaluate and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    self._run_eval()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                final = self.step == cfg.steps
+                # the last evaluation comes before the last checkpoint, so that checkpoint records the best
+                if self.evaluate and (final or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                    result = self._run_eval()
+                if self.step % cfg.checkpoint_every == 0 or final:
                     self.save_state()
-        result = self._run_eval() if self.evaluate else {}
-        return {**last, **result, "images_per_s": last.get("images_per_s", 0.0)}
+        if result is None:  # a resumed run that had already reached cfg.steps only re-evaluates
+            result = self._run_eval() if self.evaluate else {}
+        out = {**last, **result, "images_per_s": last.get("images_per_s", 0.0)}
+        if self.keep_best and self.best is not None:
+            out.update({"best_step": self.best["step"], f"best_{self.keep_best.metric}": self.best["value"],
+                        "best_weights": str(self.run_dir / BEST_FILE)})
+        return out
 
     def _run_eval(self) -> dict:
         self.objective.eval()
@@ -427,6 +453,11 @@ class Trainer:
             self._write_metrics({"event": "eval", "step": self.step, **res})
             if log.quiet():
                 log.note(f"step {self.step}: " + _fmt(res))
+            kb = self.keep_best
+            if kb is not None and kb.metric in res and kb.improves(res[kb.metric], self.best and self.best["value"]):
+                kb.save()
+                self.best = {"step": self.step, "value": res[kb.metric]}
+                self._write_metrics({"event": "best", "step": self.step, kb.metric: res[kb.metric]})
         return res
 
 

@@ -1,0 +1,98 @@
+"""Where the shipped VQ-VAE loses PSNR: training images against held-out ones, and whether augmented fine-tuning helps.
+
+    python bench/probe_generalisation.py DATA                          # PSNR on 1,000 training vs the 1,000 held-out
+    python bench/probe_generalisation.py DATA --tune decoder --minutes 15
+    python bench/probe_generalisation.py DATA --tune all --minutes 15
+
+`--tune` fine-tunes a copy of the VQ-VAE for a fixed wall time with left-right flips and a random translation
+(reflect-padded, one shift per batch, up to --shift pixels), AdamW at --lr with warm-up and cosine decay over
+the time budget, bf16 autocast, and prints held-out PSNR every 500 steps. `decoder` trains only the decoder
+(the encoder and codebook stay frozen, so every image keeps its codes); `all` trains the whole model. A probe:
+it writes no weights. Progress on stderr, one JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vqgen.data import load_images, split_indices
+from vqgen.evaluate import mse, psnr_from_mse
+from vqgen.stage1 import SPLIT_SEED, open_vqvae
+
+
+@torch.no_grad()
+def psnr(model, images: torch.Tensor) -> float:
+    """PSNR of the mean MSE over uint8 images (n, 3, S, S)."""
+    model.eval()
+    errs = [mse(x, model(x)[0].clamp(0, 1)) for x in (images[i : i + 500].float() / 255 for i in range(0, len(images), 500))]
+    return psnr_from_mse(torch.cat(errs).mean().item())
+
+
+def augment(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Random left-right flips per image and one random translation per batch (reflect padding)."""
+    x = torch.where((torch.rand(x.shape[0]) < 0.5)[:, None, None, None], x.flip(3), x)
+    if shift:
+        s = x.shape[-1]
+        dx, dy = torch.randint(0, 2 * shift + 1, (2,)).tolist()
+        x = F.pad(x, (shift,) * 4, mode="reflect")[:, :, dy : dy + s, dx : dx + s]
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("--vqvae", default=None, help="weights (default: the shipped VQ-VAE)")
+    ap.add_argument("--tune", choices=["decoder", "all"], default=None)
+    ap.add_argument("--minutes", type=float, default=15.0)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--shift", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+
+    torch.manual_seed(a.seed)
+    images = load_images(a.data)
+    tr, va = split_indices(len(images.images), 0.02, SPLIT_SEED)
+    train, held = images.images[tr], images.images[va]
+    model, _, _ = open_vqvae(a.vqvae, device="cpu")
+    model = model.to(memory_format=torch.channels_last)
+    probe = train[: len(held)]  # as many training images as held-out ones
+    out = {"heldout_psnr": psnr(model, held), "train_psnr": psnr(model, probe)}
+    print(f"start: held-out {out['heldout_psnr']:.3f} dB, training images {out['train_psnr']:.3f} dB", file=sys.stderr)
+    if a.tune:
+        params = model.decoder.parameters() if a.tune == "decoder" else model.parameters()
+        opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+        budget, t0, step = a.minutes * 60, time.time(), 0
+        while (elapsed := time.time() - t0) < budget:
+            for g in opt.param_groups:  # warm-up, then cosine over the wall-time budget
+                g["lr"] = a.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+            x = augment(train[torch.randint(len(train), (128,))].float() / 255, a.shift)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                if a.tune == "decoder":
+                    model.decoder.train()
+                    with torch.no_grad():
+                        z_q = model.quantizer(model.encoder(x * 2 - 1)).z_q
+                    loss = F.mse_loss((model.decoder(z_q) + 1).float() / 2, x) * 4
+                else:
+                    model.train()
+                    x_hat, q = model(x)
+                    loss = F.mse_loss(x_hat.float(), x) * 4 + q.loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % 500 == 0:
+                print(f"step {step} ({elapsed:.0f} s): held-out {psnr(model, held):.3f} dB", file=sys.stderr)
+        out.update({"tune": a.tune, "steps": step, "minutes": a.minutes, "lr": a.lr, "shift": a.shift,
+                    "tuned_heldout_psnr": psnr(model, held), "tuned_train_psnr": psnr(model, probe)})
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
