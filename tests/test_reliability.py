@@ -32,9 +32,10 @@ from vqgen.checkpoint import read_header
 
 TINY_PRIOR = ["-o", "channels=16", "-o", "layers=3", "-o", "kernel_size=3"]
 # one recipe for the reference run and for the runs that get killed: cosine schedule over 40 steps with a
-# short warmup (so the schedule really depends on the step), EMA codebook, random flips (torch RNG), bf16 amp
+# short warmup (so the schedule really depends on the step), EMA codebook, random flips and shifts (torch RNG),
+# bf16 amp
 RUN_ARGS = ["--batch-size", "8", "--steps", "40", "--warmup", "5", "--checkpoint-every", "10", "--log-every", "1",
-            "--eval-every", "0", "--flip", *TINY_VQVAE_ARGS]
+            "--eval-every", "0", "--flip", "--shift", "2", *TINY_VQVAE_ARGS]
 
 SLOW_CLI = r"""
 import sys, time
@@ -321,6 +322,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
     ("train-vqvae", ["--codebook-size", "32"],
      "--codebook-size 32 does not match the run being resumed, which has --codebook-size 16"),
     ("train-vqvae", ["--flip"], "--flip does not match the run being resumed, which has --no-flip"),
+    ("train-vqvae", ["--shift", "2"], "--shift 2 does not match the run being resumed, which has --shift 0"),
     ("train-vqvae", ["--val-fraction", "0.5"],
      "--val-fraction 0.5 does not match the run being resumed, which has --val-fraction 0.02"),
     ("train-vqvae", ["--data", "OTHER"], "is not the data the run in"),

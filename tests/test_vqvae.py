@@ -63,3 +63,38 @@ def test_batches_are_seeded_resumable_slices():
     c.load_state_dict(b.state_dict())
     assert all(torch.equal(s, next(c)[0]) for s in seen[2:])
     assert sorted(torch.cat(seen[:2]).tolist()) == sorted(set(torch.cat(seen[:2]).tolist()))  # no repeats in an epoch
+
+
+def test_shift_images_translates_each_image_by_its_own_offset():
+    import torch.nn.functional as F
+
+    from vqgen.vqvae import shift_images
+
+    x = torch.rand(3, 3, 8, 8)
+    offsets = torch.tensor([[2, 2], [0, 4], [3, 1]])  # (dy, dx); 2 = pad = no move
+    out = shift_images(x, 2, offsets)
+    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    assert torch.equal(out[0], x[0])
+    for i, (dy, dx) in enumerate(offsets.tolist()):
+        assert torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+    assert torch.equal(out[1, :, 2:, :6], x[1, :, :6, 2:])  # down 2, left 2: the image content moved, not resampled
+
+
+def test_objective_shift_augments_only_when_asked():
+    from types import SimpleNamespace
+
+    class Recorder(torch.nn.Module):  # stands in for the VQ-VAE: returns its input, keeps what it was given
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x)
+            zero = x.sum() * 0
+            return x, SimpleNamespace(loss=zero, commitment=zero, counts=None)
+
+    rec = Recorder()
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    VQVAEObjective(rec)(images)
+    VQVAEObjective(rec, shift=3)(images)
+    assert torch.equal(rec.seen[0], images.float() / 255) and not torch.equal(rec.seen[1], rec.seen[0])

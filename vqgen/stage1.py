@@ -72,6 +72,7 @@ def train_vqvae(
     epochs: float | None = None,
     val_fraction: float | None = None,
     flip: bool | None = None,
+    shift: int | None = None,
     device: str = "auto",
     data_root: str | None = None,
     cache_dir: str | None = None,
@@ -101,11 +102,13 @@ def train_vqvae(
         stored_data = json.loads(meta["data"])
         opt = lambda d: {"--" + k.replace("_", "-"): v for k, v in d.items()}
         check_unchanged(opt(given), opt(stored_model))
-        check_unchanged({"--val-fraction": val_fraction, "--flip/--no-flip": flip},
-                        {"--val-fraction": stored_data["val_fraction"], "--flip/--no-flip": stored_data["flip"]})
+        stored_shift = stored_data.get("shift", 0)  # runs from before --shift existed did not shift
+        check_unchanged({"--val-fraction": val_fraction, "--flip/--no-flip": flip, "--shift": shift},
+                        {"--val-fraction": stored_data["val_fraction"], "--flip/--no-flip": stored_data["flip"],
+                         "--shift": stored_shift})
         model_cfg = VQVAEConfig.from_dict(stored_model)
         data = stored_data["spec"] if data is None else data
-        val_fraction, flip = stored_data["val_fraction"], stored_data["flip"]
+        val_fraction, flip, shift = stored_data["val_fraction"], stored_data["flip"], stored_shift
         train_cfg = resumed_config(meta, overrides)
     else:
         if data is None:
@@ -117,8 +120,10 @@ def train_vqvae(
             base = read_vqvae_config(init_from)
         model_cfg = replace(base, **given)
         val_fraction = 0.02 if val_fraction is None else val_fraction
-        flip = bool(flip)
+        flip, shift = bool(flip), shift or 0
         train_cfg = TrainConfig(**overrides)
+    if not 0 <= shift < model_cfg.image_size // 2:  # reflect padding must be narrower than the image
+        raise ConfigError(f"--shift must be between 0 and {model_cfg.image_size // 2 - 1} pixels, got {shift}")
     start = None
     if init_from is not None:
         from vqgen.grow import check_growable
@@ -158,7 +163,7 @@ def train_vqvae(
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    objective = VQVAEObjective(model, flip=flip)
+    objective = VQVAEObjective(model, flip=flip, shift=shift)
     batches = TensorBatches((train_images,), train_cfg.batch_size, train_cfg.seed, dist)
 
     def export() -> None:
@@ -169,7 +174,8 @@ def train_vqvae(
         "kind": "vqvae",
         "vqvae_config": model_cfg.to_dict(),
         "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction,
-                 "split_seed": SPLIT_SEED, "flip": flip, "num_train": len(tr), "num_val": len(va)},
+                 "split_seed": SPLIT_SEED, "flip": flip, "shift": shift, "num_train": len(tr),
+                 "num_val": len(va)},
     }
     if start is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}

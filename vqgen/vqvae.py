@@ -123,23 +123,37 @@ class VQVAE(nn.Module):
         return ((self.decoder(z_q.to(dtype)) + 1) / 2).clamp(0, 1)
 
 
+def shift_images(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Translate each image on its own: reflect-pad by `pad`, crop at offsets (b, 2) = (dy, dx) in [0, 2 pad]."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad,) * 4, mode="reflect")  # (b, c, h + 2 pad, w + 2 pad)
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (b, h)
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # (b, w)
+    n, ch = torch.arange(b, device=x.device), torch.arange(c, device=x.device)
+    return xp[n[:, None, None, None], ch[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
 class VQVAEObjective(nn.Module):
     """The stage-1 training loss around a VQVAE, in the form the trainer expects: batch -> (loss, metrics)."""
 
-    def __init__(self, model: VQVAE, flip: bool = False):
+    def __init__(self, model: VQVAE, flip: bool = False, shift: int = 0):
         super().__init__()
-        self.model, self.flip = model, flip
+        self.model, self.flip, self.shift = model, flip, shift
 
     def forward(self, images: torch.Tensor, *_):
         x = images.float() / 255  # uint8 (b, 3, S, S) -> float in [0, 1]
+        # under DDP every rank draws the global batch's random numbers and keeps its own share: ranks augment
+        # independently, the random stream stays the same on every rank, and it matches one process
+        b, rank, world = x.shape[0], 0, 1
+        if (self.flip or self.shift) and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        mine = slice(rank * b, (rank + 1) * b)
         if self.flip:
-            # under DDP every rank draws the global batch's mask and keeps its own share: ranks flip
-            # independently, the random stream stays the same on every rank, and it matches one process
-            b, rank, world = x.shape[0], 0, 1
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            mask = (torch.rand(b * world, device=x.device) < 0.5)[rank * b : (rank + 1) * b]
+            mask = (torch.rand(b * world, device=x.device) < 0.5)[mine]
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        if self.shift:
+            offsets = torch.randint(0, 2 * self.shift + 1, (b * world, 2), device=x.device)[mine]
+            x = shift_images(x, self.shift, offsets)
         x_hat, q = self.model(x)
         recon = F.mse_loss(x_hat.float(), x) * 4  # *4: MSE on the model's [-1, 1] scale
         loss = recon + q.loss
