@@ -25,23 +25,23 @@ import torch.nn.functional as F
 from vqgen.data import load_images, split_indices
 from vqgen.evaluate import mse, psnr_from_mse
 from vqgen.stage1 import SPLIT_SEED, open_vqvae
+from vqgen.vqvae import shift_images
 
 
 @torch.no_grad()
 def psnr(model, images: torch.Tensor) -> float:
     """PSNR of the mean MSE over uint8 images (n, 3, S, S)."""
     model.eval()
-    errs = [mse(x, model(x)[0].clamp(0, 1)) for x in (images[i : i + 500].float() / 255 for i in range(0, len(images), 500))]
-    return psnr_from_mse(torch.cat(errs).mean().item())
+    batches = (images[i : i + 500].float() / 255 for i in range(0, len(images), 500))
+    return psnr_from_mse(torch.cat([mse(x, model(x)[0].clamp(0, 1)) for x in batches]).mean().item())
 
 
 def augment(x: torch.Tensor, shift: int) -> torch.Tensor:
     """Random left-right flips per image and one random translation per batch (reflect padding)."""
     x = torch.where((torch.rand(x.shape[0]) < 0.5)[:, None, None, None], x.flip(3), x)
     if shift:
-        s = x.shape[-1]
         dx, dy = torch.randint(0, 2 * shift + 1, (2,)).tolist()
-        x = F.pad(x, (shift,) * 4, mode="reflect")[:, :, dy : dy + s, dx : dx + s]
+        x = shift_images(x, shift, torch.tensor([[dy, dx]]).expand(x.shape[0], 2))
     return x.contiguous(memory_format=torch.channels_last)
 
 
