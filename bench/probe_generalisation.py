@@ -9,7 +9,8 @@
 (reflect-padded, one shift per batch, up to --shift pixels), AdamW at --lr with warm-up and cosine decay over
 the time budget, bf16 autocast, and prints held-out PSNR every 500 steps. `decoder` trains only the decoder
 (the encoder and codebook stay frozen, so every image keeps its codes); `all` trains the whole model.
-`--grow` first widens / deepens the model with vqgen.grow (same function at step 0). A probe: it writes no
+`--grow` first widens / deepens the model with vqgen.grow and `--up-blocks` adds residual blocks at 16x16 to the
+decoder (both keep the function at step 0). A probe: it writes no
 weights. Progress on stderr, one JSON summary on stdout.
 """
 
@@ -29,7 +30,7 @@ from vqgen.data import load_images, split_indices
 from vqgen.evaluate import mse, psnr_from_mse
 from vqgen.stage1 import SPLIT_SEED, open_vqvae
 from vqgen.grow import grow_into
-from vqgen.vqvae import VQVAE, shift_images
+from vqgen.vqvae import VQVAE, ResBlock, shift_images
 
 
 @torch.no_grad()
@@ -49,6 +50,18 @@ def augment(x: torch.Tensor, shift: int) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def add_upsampled_blocks(net: torch.nn.Sequential, n: int) -> torch.nn.Sequential:
+    """The decoder with n residual blocks after its first upsampling, each starting as the identity."""
+    layers = list(net)
+    at = next(i for i, m in enumerate(layers) if isinstance(m, torch.nn.ConvTranspose2d)) + 2  # after its ReLU
+    ch = layers[at - 2].out_channels
+    blocks = [ResBlock(ch, ch) for _ in range(n)]
+    for b in blocks:
+        torch.nn.init.zeros_(b.conv2.weight)
+        torch.nn.init.zeros_(b.conv2.bias)
+    return torch.nn.Sequential(*layers[:at], *blocks, *layers[at:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
@@ -60,6 +73,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grow", default=None, metavar="H,B,C",
                     help="first grow the model to hidden H, B residual blocks of C channels (vqgen.grow)")
+    ap.add_argument("--up-blocks", type=int, default=0,
+                    help="insert this many residual blocks at 16x16 in the decoder, each starting as the identity")
     ap.add_argument("--n-train", type=int, default=None, help="training images to measure (default: as many as held out)")
     a = ap.parse_args()
 
@@ -73,6 +88,8 @@ def main() -> None:
         big = VQVAE(replace(model.config, hidden=h, res_blocks=b, res_channels=c))
         grow_into(big, model)
         model = big
+    if a.up_blocks:
+        model.decoder.net = add_upsampled_blocks(model.decoder.net, a.up_blocks)
     model = model.to(memory_format=torch.channels_last)
     # Training images drawn at random: the split's indices are sorted and ImageFolder
     # orders by class, so the first 1,000 would all be airplanes (easier images: ~1.2 dB higher PSNR).
@@ -104,7 +121,7 @@ def main() -> None:
             step += 1
             if step % 500 == 0:
                 print(f"step {step} ({elapsed:.0f} s): held-out {psnr(model, held):.3f} dB", file=sys.stderr)
-        out.update({"grow": a.grow, "tune": a.tune, "steps": step, "minutes": a.minutes, "lr": a.lr, "shift": a.shift,
+        out.update({"grow": a.grow, "up_blocks": a.up_blocks, "tune": a.tune, "steps": step, "minutes": a.minutes, "lr": a.lr, "shift": a.shift,
                     "tuned_heldout_psnr": psnr(model, held), "tuned_train_psnr": psnr(model, probe)})
     print(json.dumps(out))
 
