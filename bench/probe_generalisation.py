@@ -34,11 +34,16 @@ from vqgen.vqvae import VQVAE, ResBlock, shift_images
 
 
 @torch.no_grad()
-def psnr(model, images: torch.Tensor) -> float:
-    """PSNR of the mean MSE over uint8 images (n, 3, S, S)."""
+def errors(model, images: torch.Tensor) -> torch.Tensor:
+    """Per-image MSE (n,) of the reconstructions of uint8 images (n, 3, S, S)."""
     model.eval()
     batches = (images[i : i + 500].float() / 255 for i in range(0, len(images), 500))
-    return psnr_from_mse(torch.cat([mse(x, model(x)[0].clamp(0, 1)) for x in batches]).mean().item())
+    return torch.cat([mse(x, model(x)[0].clamp(0, 1)) for x in batches])
+
+
+def psnr(model, images: torch.Tensor) -> float:
+    """PSNR of the mean MSE over uint8 images (n, 3, S, S)."""
+    return psnr_from_mse(errors(model, images).mean().item())
 
 
 def augment(x: torch.Tensor, shift: int) -> torch.Tensor:
@@ -95,7 +100,12 @@ def main() -> None:
     # orders by class, so the first 1,000 would all be airplanes (easier images: ~1.2 dB higher PSNR).
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(a.seed))[: a.n_train or len(held)]
     probe = train[pick]
-    out = {"heldout_psnr": psnr(model, held), "train_psnr": psnr(model, probe)}
+    err = errors(model, held)
+    out = {"heldout_psnr": psnr_from_mse(err.mean().item()), "train_psnr": psnr(model, probe)}
+    if images.labels is not None:
+        labels = images.labels[va]
+        out["heldout_psnr_by_class"] = {name: round(psnr_from_mse(err[labels == k].mean().item()), 3)
+                                        for k, name in enumerate(images.class_names) if (labels == k).any()}
     print(f"start: held-out {out['heldout_psnr']:.3f} dB, training images {out['train_psnr']:.3f} dB", file=sys.stderr)
     if a.tune:
         params = model.decoder.parameters() if a.tune == "decoder" else model.parameters()
