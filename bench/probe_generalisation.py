@@ -4,14 +4,15 @@
     python bench/probe_generalisation.py DATA --tune decoder --minutes 15
     python bench/probe_generalisation.py DATA --tune all --minutes 15
     python bench/probe_generalisation.py DATA --grow 256,6,128 --tune decoder --minutes 25 --lr 5e-4
+    python bench/probe_generalisation.py DATA --up-blocks 2 --tune decoder --minutes 15
 
 `--tune` fine-tunes a copy of the VQ-VAE for a fixed wall time with left-right flips and a random translation
 (reflect-padded, one shift per batch, up to --shift pixels), AdamW at --lr with warm-up and cosine decay over
 the time budget, bf16 autocast, and prints held-out PSNR every 500 steps. `decoder` trains only the decoder
 (the encoder and codebook stay frozen, so every image keeps its codes); `all` trains the whole model.
 `--grow` first widens / deepens the model with vqgen.grow and `--up-blocks` adds residual blocks at 16x16 to the
-decoder (both keep the function at step 0). A probe: it writes no
-weights. Progress on stderr, one JSON summary on stdout.
+decoder (both keep the function at step 0). A probe: it writes no weights. Progress on stderr, one JSON summary
+(with held-out PSNR by class) on stdout.
 """
 
 from __future__ import annotations
