@@ -104,3 +104,13 @@ def test_train_vqvae_resume_continues_to_more_steps(cli, image_folder, tmp_path)
     assert json.loads(res.stdout)["steps"] == 10
     res = cli(*args, "--steps", "6", ok=False)  # a second fresh run into the same folder is refused
     assert res.exit_code == 1 and "--resume" in res.output
+
+
+def test_train_vqvae_shift_out_of_range_is_refused_before_any_output(cli, image_folder, tmp_path):
+    run = tmp_path / "run"
+    args = ["train-vqvae", "--data", image_folder, "--out", run, "--steps", "2", *TINY_VQVAE_ARGS]
+    res = cli(*args, "--shift", "-1", ok=False)  # misuse: exit 2
+    assert res.exit_code == 2 and "--shift" in res.output
+    res = cli(*args, "--shift", "8", ok=False)  # 16-pixel images: reflect padding allows at most 7
+    assert res.exit_code == 1 and "--shift must be between 0 and 7 pixels, got 8" in res.output
+    assert "Traceback" not in res.output and not (run / "vqvae.safetensors").exists()

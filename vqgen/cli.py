@@ -153,7 +153,7 @@ def train_vqvae(
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay of the codebook statistics (default 0.99)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction, never trained on (default 0.02)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default off)."),
-    shift: Optional[int] = typer.Option(None, "--shift", help="Random translation of each image by up to N pixels, reflect-padded (default 0: off)."),
+    shift: Optional[int] = typer.Option(None, "--shift", min=0, help="Random translation of each image by up to N pixels, reflect-padded (default 0: off)."),
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory format (faster with bf16 on CPU and GPU)."),
@@ -178,8 +178,6 @@ def train_vqvae(
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                                  log_every=log_every, amp=amp)
-    if shift is not None and shift < 0:
-        raise typer.BadParameter(f"must be 0 or more pixels, got {shift}", param_hint="--shift")
     summary = run(data, out, model, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip, shift=shift,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
                   channels_last=channels_last, init_from=init_from)
