@@ -3,12 +3,12 @@
     python bench/probe_code_search.py DATA --candidates 8 --sweeps 2
     python bench/probe_code_search.py DATA --split train --n 6000 --candidates 4 --sweeps 1 --save targets.safetensors
 
-Encodes images, then improves each image's 8x8 grid by greedy coordinate descent: position by position, try the
---candidates codebook vectors nearest to that position's encoder output and keep the one whose decoding has the
-lowest MSE. On held-out images the PSNR it reaches bounds what a better encoder (same codebook, same decoder)
-could gain from these candidates. `--split train --save` keeps the searched grids of random training images as
-distillation targets (bench/probe_encoder_distill.py). A probe: it changes no weights and vqgen does not use the
-search. Progress on stderr, one JSON summary on stdout.
+Encodes images, then improves each image's 8x8 grid with vqgen.search (what `--search` does in `vqgen encode` /
+`reconstruct`): greedy coordinate descent that, position by position, tries the --candidates codebook vectors
+nearest to that position's encoder output and keeps the one whose decoding has the lowest MSE. On held-out images
+the PSNR it reaches bounds what a better encoder (same codebook, same decoder) could gain from these candidates. `--split train --save` keeps the searched grids of random training images as
+distillation targets (bench/probe_encoder_distill.py). A probe: it changes no weights. Progress on stderr, one JSON
+summary on stdout.
 """
 
 from __future__ import annotations
@@ -23,43 +23,8 @@ from safetensors.torch import save_file
 
 from vqgen.data import load_images, split_indices
 from vqgen.evaluate import mse, psnr_from_mse
+from vqgen.search import nearest_codes, search_codes
 from vqgen.stage1 import SPLIT_SEED, open_vqvae
-
-
-@torch.no_grad()
-def candidates(model, x: torch.Tensor, c: int) -> torch.Tensor:
-    """The c codes nearest to each encoder output of images x (n, 3, S, S) in [0, 1], nearest first: (n, 64, c)."""
-    z = model.encoder(x * 2 - 1).float()  # (n, D, 8, 8)
-    n, d = z.shape[:2]
-    dist = torch.cdist(z.permute(0, 2, 3, 1).reshape(-1, d), model.quantizer.embedding.float())  # (n*64, K)
-    return dist.topk(c, largest=False).indices.view(n, -1, c)
-
-
-@torch.no_grad()
-def search(model, x: torch.Tensor, cand: torch.Tensor, sweeps: int, log=None) -> tuple[torch.Tensor, list[float]]:
-    """Greedy coordinate descent over the grid's positions; returns (codes (n, 64), PSNR after each sweep)."""
-    n, positions, c = cand.shape
-    side = int(positions**0.5)
-    codes = cand[:, :, 0].clone()
-
-    def err(g: torch.Tensor) -> torch.Tensor:
-        return mse(x, model.decode(g.view(n, side, side)))  # (n,)
-
-    best, history = err(codes), []
-    for sweep in range(sweeps):
-        for pos in range(positions):
-            # after the first sweep a position may do best back on its nearest code, so rank 0 stays in play
-            for j in range(0 if sweep else 1, c):
-                trial = codes.clone()
-                trial[:, pos] = cand[:, pos, j]
-                e = err(trial)
-                better = e < best
-                codes[better, pos] = cand[better, pos, j]
-                best = torch.where(better, e, best)
-        history.append(psnr_from_mse(best.mean().item()))
-        if log:
-            log(sweep, history[-1], (codes != cand[:, :, 0]).float().mean().item())
-    return codes, history
 
 
 def main() -> None:
@@ -87,12 +52,13 @@ def main() -> None:
     t0, nearest_err, searched_err, all_codes, all_cand = time.time(), [], [], [], []
     for s in range(0, len(idx), a.chunk):
         x = images.images[idx[s : s + a.chunk]].float() / 255  # (n, 3, 32, 32)
-        cand = candidates(model, x, a.candidates)
+        cand = nearest_codes(model, x, a.candidates).flatten(1, 2)  # (n, 64, c)
+        codes = search_codes(model, x, a.candidates, a.sweeps).flatten(1)  # (n, 64)
         nearest_err.append(mse(x, model.decode(cand[:, :, 0].view(len(x), 8, 8))))
-        codes, _ = search(model, x, cand, a.sweeps, log=lambda i, db, moved: print(
-            f"images {s}-{s + len(x)}: sweep {i + 1}: {db:.3f} dB, {moved:.1%} of codes moved "
-            f"({time.time() - t0:.0f} s)", file=sys.stderr))
         searched_err.append(mse(x, model.decode(codes.view(len(x), 8, 8))))
+        print(f"images {s}-{s + len(x)}: {psnr_from_mse(searched_err[-1].mean().item()):.3f} dB searched, "
+              f"{(codes != cand[:, :, 0]).float().mean().item():.1%} of codes moved ({time.time() - t0:.0f} s)",
+              file=sys.stderr)
         all_codes.append(codes)
         all_cand.append(cand)
     codes, cand = torch.cat(all_codes), torch.cat(all_cand)

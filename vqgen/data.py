@@ -139,20 +139,6 @@ def _describe(e: BaseException) -> str:
     return msg.split("\n")[0]
 
 
-def _progress(total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=log.console,
-        transient=True,
-        disable=log.quiet() or total < 200,
-    )
-
-
 def _decode_many(root: Path, rels: list[str], size: int) -> tuple[np.ndarray, list[int], list[list[str]], int]:
     """Decode files (relative to root) into one array. Returns (images, kept indices, skipped, n_upscaled)."""
     out = np.empty((len(rels), size, size, 3), dtype=np.uint8)
@@ -160,7 +146,7 @@ def _decode_many(root: Path, rels: list[str], size: int) -> tuple[np.ndarray, li
     skipped: list[list[str]] = []
     upscaled = 0
     step = max(1, len(rels) // 200)
-    with _strict_truncation(), _progress(len(rels)) as bar:
+    with _strict_truncation(), log.progress(len(rels)) as bar:
         task = bar.add_task(f"decoding {root}", total=len(rels))
         for i, rel in enumerate(rels):
             try:

@@ -27,3 +27,18 @@ def error(msg: str) -> None:
 def quiet() -> bool:
     """True when progress bars should stay off (stderr not a terminal, or VQGEN_QUIET set)."""
     return bool(os.environ.get("VQGEN_QUIET")) or not sys.stderr.isatty()
+
+
+def progress(total: int, min_total: int = 200):
+    """A transient rich progress bar on stderr, off when quiet() or for fewer than min_total items."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet() or total < min_total,
+    )

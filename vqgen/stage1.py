@@ -205,23 +205,60 @@ def open_vqvae(path: str | None, device: str = "auto") -> tuple[VQVAE, str, str]
     return model, sha, str(path)
 
 
+def _check_search(model: VQVAE, search: int, sweeps: int) -> None:
+    k = model.config.codebook_size
+    if not 0 <= search <= k:
+        raise ConfigError(f"--search {search} is out of range: give 0 (nearest code) up to the codebook's {k} codes")
+    if sweeps < 1:
+        raise ConfigError(f"--search-sweeps must be at least 1, got {sweeps}")
+
+
+class _Encoder:
+    """Images -> index grids: the nearest codes, or with search > 1 a decoder-aware search (vqgen.search).
+
+    Shows one progress bar over all positions searched, since a search costs (search - 1) decodes per position."""
+
+    def __init__(self, model: VQVAE, batches: int, search: int = 0, sweeps: int = 1):
+        self.model, self.search, self.sweeps = model, search, sweeps
+        total = batches * sweeps * model.config.grid ** 2 if search > 1 else 0
+        self.bar = log.progress(total, min_total=1)
+        self.task = self.bar.add_task("search", total=total)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.search <= 1:
+            return self.model.encode(x)
+        from vqgen.search import search_codes
+
+        return search_codes(self.model, x, self.search, self.sweeps, step=lambda: self.bar.advance(self.task))
+
+
 @torch.no_grad()
-def _encode_all(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = next(model.parameters()).device
-    out = [model.encode(images[i : i + batch_size].to(device).float() / 255).cpu()
+def _encode_all(encoder: _Encoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = next(encoder.model.parameters()).device
+    out = [encoder(images[i : i + batch_size].to(device).float() / 255).cpu()
            for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out)
 
 
 def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device: str = "auto",
                 batch_size: int = 256, nrow: int = 8, cache_dir: str | None = None,
-                data_root: str | None = None) -> dict:
-    """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs."""
+                data_root: str | None = None, search: int = 0, search_sweeps: int = 1) -> dict:
+    """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs.
+
+    With search > 1 each image's codes come from a decoder-aware search among that many nearest codes."""
     from vqgen.data import load_inputs
 
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, _, path = open_vqvae(vqvae, device)
+    _check_search(model, search, search_sweeps)
     out = Path(out)
     if out.suffix.lower() == ".png":
         check_parent(out)
@@ -230,11 +267,12 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     images = load_inputs(inputs, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
     dev = next(model.parameters()).device
     recons, sq = [], 0.0
-    for i in range(0, len(images.images), batch_size):
-        x = images.images[i : i + batch_size].to(dev).float() / 255
-        x_hat = model.decode(model.encode(x))
-        sq += float(((x_hat - x) ** 2).mean(dim=(1, 2, 3)).sum())
-        recons.append(x_hat.cpu())
+    with _Encoder(model, -(-len(images.images) // batch_size), search, search_sweeps) as encoder:
+        for i in range(0, len(images.images), batch_size):
+            x = images.images[i : i + batch_size].to(dev).float() / 255
+            x_hat = model.decode(encoder(x))
+            sq += float(((x_hat - x) ** 2).mean(dim=(1, 2, 3)).sum())
+            recons.append(x_hat.cpu())
     recon = torch.cat(recons)
     n = len(images.images)
     if out.suffix.lower() == ".png":
@@ -254,16 +292,18 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
                 raise ConfigError(f"cannot create folder {target.parent}: {e.strerror or e}") from None
             save_png(img, target)
     mse = sq / n
-    return {"images": n, "mse": mse, "psnr": psnr_from_mse(mse), "out": str(out), "vqvae": path}
+    return {"images": n, "mse": mse, "psnr": psnr_from_mse(mse), "search": search, "search_sweeps": search_sweeps,
+            "out": str(out), "vqvae": path}
 
 
 def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
            device: str = "auto", batch_size: int = 500, data_root: str | None = None,
-           cache_dir: str | None = None, flip: bool = False) -> dict:
+           cache_dir: str | None = None, flip: bool = False, search: int = 0, search_sweeps: int = 1) -> dict:
     """Encode a data set (or its seeded train/val split) into an index-grid file.
 
     With `flip`, the grids of the images mirrored left-right follow those of the images (twice the grids, labels
     repeated): more data for a prior, which overfits the grids of one pass over a small set within a few epochs.
+    With search > 1 the grids come from a decoder-aware search among that many nearest codes (vqgen.search).
     """
     from vqgen.data import load_images, split_indices
 
@@ -272,6 +312,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, sha, path = open_vqvae(vqvae, device)
+    _check_search(model, search, search_sweeps)
     out = Path(out)
     check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
@@ -280,16 +321,18 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
         tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
         idx = tr if split == "train" else va
     picked = images.images[idx]
-    codes = _encode_all(model, picked, batch_size)  # (n, h, w)
     labels = images.labels[idx] if images.labels is not None else None
-    if flip:
-        # codes of a mirrored image are not the mirrored codes: the encoder is not equivariant, so encode again
-        codes = torch.cat([codes, _encode_all(model, picked.flip(3), batch_size)])
-        labels = labels.repeat(2) if labels is not None else None
+    with _Encoder(model, -(-len(picked) // batch_size) * (2 if flip else 1), search, search_sweeps) as encoder:
+        codes = _encode_all(encoder, picked, batch_size)  # (n, h, w)
+        if flip:
+            # codes of a mirrored image are not the mirrored codes: the encoder is not equivariant, so encode again
+            codes = torch.cat([codes, _encode_all(encoder, picked.flip(3), batch_size)])
+            labels = labels.repeat(2) if labels is not None else None
+    searched = f"+search{search}x{search_sweeps}" if search > 1 else ""
     cs = CodeSet(codes, model.config.codebook_size, labels, list(images.class_names), sha,
-                 f"{images.source}#{split}" + ("+flip" if flip else ""))
+                 f"{images.source}#{split}" + ("+flip" if flip else "") + searched)
     write_codes(out, cs)
     usage = code_usage(codes, cs.num_codes)
     return {"out": str(out), "grids": len(cs), "height": cs.height, "width": cs.width, "num_codes": cs.num_codes,
             "codes_used": usage["codes_used"], "unigram_entropy_bits": usage["unigram_entropy_bits"],
-            "split": split, "flip": flip, "vqvae": path}
+            "split": split, "flip": flip, "search": search, "search_sweeps": search_sweeps, "vqvae": path}
