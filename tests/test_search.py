@@ -78,3 +78,14 @@ def test_cli_refuses_a_search_wider_than_the_codebook(cli, trained_vqvae, tmp_pa
     res = cli("reconstruct", "--vqvae", w, data, "--out", tmp_path / "g.png", "--search", "2", "--search-sweeps", "0",
               ok=False)
     assert res.exit_code == 2
+
+
+def test_cli_evaluate_with_search(cli, trained_vqvae, tmp_path):
+    w, data = trained_vqvae["run"] / "vqvae.safetensors", trained_vqvae["data"]
+    cli("evaluate", "--vqvae", w, "--data", data, "--json", tmp_path / "a.json")
+    cli("evaluate", "--vqvae", w, "--data", data, "--search", "4", "--json", tmp_path / "b.json")
+    plain, searched = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert "search" not in plain and searched["search"] == 4 and searched["search_sweeps"] == 1
+    assert searched["num_images"] == plain["num_images"] == 24
+    assert searched["mse"] <= plain["mse"] and searched["psnr"] >= plain["psnr"]
+

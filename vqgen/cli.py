@@ -333,6 +333,8 @@ def evaluate(
     fid: int = typer.Option(0, "--fid", help="Frechet Inception distance of this many samples (needs vqgen[fid])."),
     seed: int = typer.Option(0, "--seed", help="Seed for the --fid samples."),
     batch_size: int = typer.Option(250, "--batch-size", help="Images per forward pass."),
+    search: int = SearchOpt,
+    search_sweeps: int = SearchSweepsOpt,
     device: str = DeviceOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -349,7 +351,7 @@ def evaluate(
         check_parent(json_out)
     figures = evaluate_models(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction,
                               batch_size=batch_size, device=device, fid=fid, seed=seed, data_root=data_root,
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, search=search, search_sweeps=search_sweeps)
     if json_out is not None:
         from vqgen.checkpoint import atomic_path
 

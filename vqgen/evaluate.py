@@ -303,10 +303,14 @@ def inception_features(images: torch.Tensor, device: str | torch.device = "cpu",
 
 def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = None, split: str = "all",
                     val_fraction: float = 0.02, batch_size: int = 250, device: str = "auto",
-                    fid: int = 0, seed: int = 0, data_root=None, cache_dir=None) -> dict:
-    """Every headline figure of a VQ-VAE (and optionally a prior) on one image set, as a flat dict."""
+                    fid: int = 0, seed: int = 0, data_root=None, cache_dir=None, search: int = 0,
+                    search_sweeps: int = 1) -> dict:
+    """Every headline figure of a VQ-VAE (and optionally a prior) on one image set, as a flat dict.
+
+    With search > 1 the images' codes come from vqgen.search's decoder-aware search instead of the nearest codes."""
     from vqgen.data import load_images, split_indices
     from vqgen.errors import ConfigError
+    from vqgen.search import SearchEncoder, check_search
     from vqgen.stage1 import SPLIT_SEED, open_vqvae
     from vqgen.stage2 import check_compatible, load_prior
     from vqgen.weights import shipped
@@ -316,6 +320,7 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
     if split not in ("train", "val", "all"):
         raise ConfigError(f"--split must be train, val or all, got {split!r}")
     model, vsha, vpath = open_vqvae(vqvae, device)
+    check_search(model, search, search_sweeps)
     dev = next(model.parameters()).device
     p_model = p_meta = None
     if prior is None and vqvae is None:  # the shipped pair is evaluated together, when both are shipped
@@ -335,25 +340,26 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
     imgs = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
     stats = RunningStats(model.config.codebook_size)
+    if p_model is not None and p_model.config.num_classes and labels is None:
+        raise ConfigError(f"the prior is class-conditional but {data} has no labels")
     nll, n_codes = 0.0, 0
-    for i in range(0, imgs.shape[0], batch_size):
-        x = imgs[i : i + batch_size].to(dev).float() / 255
-        codes = model.encode(x)
-        stats.update_images(x, model.decode(codes))
-        stats.update_codes(codes)
-        if p_model is not None:
-            lab = None
-            if p_model.config.num_classes:
-                if labels is None:
-                    raise ConfigError(f"the prior is class-conditional but {data} has no labels")
-                lab = labels[i : i + batch_size].to(dev)
-            with torch.no_grad():
-                nll -= float(p_model.log_prob(codes, lab).double().sum())
-            n_codes += codes.numel()
+    with SearchEncoder(model, -(-imgs.shape[0] // batch_size), search, search_sweeps) as encoder:
+        for i in range(0, imgs.shape[0], batch_size):
+            x = imgs[i : i + batch_size].to(dev).float() / 255
+            codes = encoder(x)
+            stats.update_images(x, model.decode(codes))
+            stats.update_codes(codes)
+            if p_model is not None:
+                lab = labels[i : i + batch_size].to(dev) if p_model.config.num_classes else None
+                with torch.no_grad():
+                    nll -= float(p_model.log_prob(codes, lab).double().sum())
+                n_codes += codes.numel()
     s = stats.summary()
     out = {"num_images": s["images"], "num_codes": model.config.codebook_size, "mse": s["mse"], "psnr": s["psnr"],
            "ssim": s["ssim"], "codes_used": s["codes_used"], "perplexity": s["perplexity"],
            "unigram_entropy_bits": s["unigram_entropy_bits"]}
+    if search > 1:
+        out["search"], out["search_sweeps"] = search, search_sweeps
     if p_model is not None:
         bpc = bits_per_code(nll / n_codes)
         out["bits_per_code"] = bpc

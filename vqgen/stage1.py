@@ -19,6 +19,7 @@ from vqgen.images import make_grid, save_png
 from vqgen.runtime import autocast, init_distributed, local_main_first, resolve_device
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
                          check_unchanged, fingerprint, read_run_meta, resumed_config)
+from vqgen.search import SearchEncoder, check_search
 from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae
 
 SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
@@ -205,42 +206,8 @@ def open_vqvae(path: str | None, device: str = "auto") -> tuple[VQVAE, str, str]
     return model, sha, str(path)
 
 
-def _check_search(model: VQVAE, search: int, sweeps: int) -> None:
-    k = model.config.codebook_size
-    if not 0 <= search <= k:
-        raise ConfigError(f"--search {search} is out of range: give 0 (nearest code) up to the codebook's {k} codes")
-    if sweeps < 1:
-        raise ConfigError(f"--search-sweeps must be at least 1, got {sweeps}")
-
-
-class _Encoder:
-    """Images -> index grids: the nearest codes, or with search > 1 a decoder-aware search (vqgen.search).
-
-    Shows one progress bar over all positions searched, since a search costs (search - 1) decodes per position."""
-
-    def __init__(self, model: VQVAE, batches: int, search: int = 0, sweeps: int = 1):
-        self.model, self.search, self.sweeps = model, search, sweeps
-        total = batches * sweeps * model.config.grid ** 2 if search > 1 else 0
-        self.bar = log.progress(total, min_total=1)
-        self.task = self.bar.add_task("search", total=total)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.search <= 1:
-            return self.model.encode(x)
-        from vqgen.search import search_codes
-
-        return search_codes(self.model, x, self.search, self.sweeps, step=lambda: self.bar.advance(self.task))
-
-
 @torch.no_grad()
-def _encode_all(encoder: _Encoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     device = next(encoder.model.parameters()).device
     out = [encoder(images[i : i + batch_size].to(device).float() / 255).cpu()
            for i in range(0, images.shape[0], batch_size)]
@@ -258,7 +225,7 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, _, path = open_vqvae(vqvae, device)
-    _check_search(model, search, search_sweeps)
+    check_search(model, search, search_sweeps)
     out = Path(out)
     if out.suffix.lower() == ".png":
         check_parent(out)
@@ -267,7 +234,7 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     images = load_inputs(inputs, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
     dev = next(model.parameters()).device
     recons, sq = [], 0.0
-    with _Encoder(model, -(-len(images.images) // batch_size), search, search_sweeps) as encoder:
+    with SearchEncoder(model, -(-len(images.images) // batch_size), search, search_sweeps) as encoder:
         for i in range(0, len(images.images), batch_size):
             x = images.images[i : i + batch_size].to(dev).float() / 255
             x_hat = model.decode(encoder(x))
@@ -312,7 +279,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, sha, path = open_vqvae(vqvae, device)
-    _check_search(model, search, search_sweeps)
+    check_search(model, search, search_sweeps)
     out = Path(out)
     check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
@@ -322,7 +289,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
         idx = tr if split == "train" else va
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
-    with _Encoder(model, -(-len(picked) // batch_size) * (2 if flip else 1), search, search_sweeps) as encoder:
+    with SearchEncoder(model, -(-len(picked) // batch_size) * (2 if flip else 1), search, search_sweeps) as encoder:
         codes = _encode_all(encoder, picked, batch_size)  # (n, h, w)
         if flip:
             # codes of a mirrored image are not the mirrored codes: the encoder is not equivariant, so encode again
