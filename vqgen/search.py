@@ -22,10 +22,8 @@ from vqgen.vqvae import VQVAE
 def nearest_codes(model: VQVAE, x: torch.Tensor, k: int) -> torch.Tensor:
     """The k codes nearest to each encoder output, nearest first: x (b, 3, S, S) in [0, 1] -> (b, h, w, k)."""
     z = model.encoder(x * 2 - 1).float()  # (b, D, h, w)
-    e = model.quantizer.embedding.float()  # (K, D)
-    # same expansion as the quantizer's nearest(): ||z||^2 does not change the ranking
-    d = (e * e).sum(1) - 2 * torch.einsum("bdhw,kd->bhwk", z, e)  # (b, h, w, K)
-    return d.topk(k, dim=-1, largest=False).indices
+    b, d, h, w = z.shape
+    return model.quantizer.nearest_k(z.permute(0, 2, 3, 1).reshape(-1, d), k).view(b, h, w, k)
 
 
 @torch.no_grad()
