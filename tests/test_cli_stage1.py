@@ -96,6 +96,35 @@ def test_encode_flip_appends_the_codes_of_mirrored_images(cli, trained_vqvae, tm
     assert not torch.equal(cs.codes[24:], cs.codes[:24].flip(2))
 
 
+def test_encode_shift_appends_the_codes_of_translated_images(cli, trained_vqvae, tmp_path):
+    from vqgen.data import load_images
+    from vqgen.vqvae import load_vqvae
+
+    w, data = trained_vqvae["run"] / "vqvae.safetensors", trained_vqvae["data"]
+    base = ["encode", "--vqvae", w, "--data", data, "--split", "all", "--flip", "--json"]
+    s = json.loads(cli(*base, "--out", tmp_path / "a.safetensors", "--shift", "2", "--seed", "3").stdout)
+    cs = read_codes(tmp_path / "a.safetensors")
+    assert len(cs) == 96 == s["grids"] and s["shift"] == 2 and cs.source.endswith("#all+flip+shift2s3")
+    assert cs.labels.tolist() == ([0] * 12 + [1] * 12) * 4
+    m, _ = load_vqvae(w)
+    x = load_images(str(data), 16).images.float() / 255
+    assert torch.equal(cs.codes[:24], m.encode(x)) and torch.equal(cs.codes[24:48], m.encode(x.flip(3)))
+    # each shifted copy is one of the image's non-zero translations (by at most 2 pixels), encoded afresh
+    from vqgen.vqvae import shift_images
+
+    for i in (0, 5, 17):
+        for copy, src in ((2, x), (3, x.flip(3))):
+            trials = {(dy, dx): m.encode(shift_images(src[i : i + 1], 2, torch.tensor([[dy, dx]])))
+                      for dy in range(5) for dx in range(5) if (dy, dx) != (2, 2)}
+            assert any(torch.equal(cs.codes[24 * copy + i], t[0]) for t in trials.values())
+    again = tmp_path / "b.safetensors"
+    cli(*base, "--out", again, "--shift", "2", "--seed", "3")
+    assert torch.equal(read_codes(again).codes, cs.codes)  # the same seed gives the same offsets
+    res = cli(*base, "--out", tmp_path / "c.safetensors", "--shift", "8", ok=False)
+    assert res.exit_code == 1 and "--shift must be between 0 and 7" in res.output
+    assert not (tmp_path / "c.safetensors").exists()
+
+
 def test_train_vqvae_resume_continues_to_more_steps(cli, image_folder, tmp_path):
     run = tmp_path / "run"
     args = ["train-vqvae", "--data", image_folder, "--out", run, "--batch-size", "8", *TINY_VQVAE_ARGS]
@@ -114,3 +143,16 @@ def test_train_vqvae_shift_out_of_range_is_refused_before_any_output(cli, image_
     res = cli(*args, "--shift", "8", ok=False)  # 16-pixel images: reflect padding allows at most 7
     assert res.exit_code == 1 and "--shift must be between 0 and 7 pixels, got 8" in res.output
     assert "Traceback" not in res.output and not (run / "vqvae.safetensors").exists()
+
+
+def test_train_vqvae_rotation_gradient_is_stored_and_bad_names_are_misuse(cli, image_folder, tmp_path):
+    from vqgen.vqvae import load_vqvae
+
+    run = tmp_path / "rot"
+    args = ["train-vqvae", "--data", image_folder, "--batch-size", "8", "--steps", "3", *TINY_VQVAE_ARGS]
+    cli(*args, "--out", run, "--gradient", "rotation")
+    m, _ = load_vqvae(run / "vqvae.safetensors")
+    assert m.config.gradient == "rotation" and m.quantizer.gradient == "rotation"
+    res = cli(*args, "--out", tmp_path / "bad", "--gradient", "copy", ok=False)
+    assert res.exit_code == 2 and "must be ste or rotation" in res.output
+    assert not (tmp_path / "bad").exists()

@@ -37,6 +37,22 @@ def test_straight_through_gradient_reaches_encoder_input():
     assert torch.allclose(z.grad, w)  # identity gradient through the quantiser
 
 
+def test_rotation_gradient_keeps_codes_and_rotates_the_gradient():
+    q = _q(gradient="rotation").eval()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = q(z)
+    assert torch.equal(out.z_q, q.lookup(out.indices))  # exactly the codes: only the gradient differs from ste
+    w = torch.randn_like(out.z_q)
+    (out.z_q * w).sum().backward()
+    flat = lambda t: t.detach().permute(0, 2, 3, 1).reshape(-1, 4)
+    zf, ef, gf, wf = flat(z), flat(out.z_q), flat(z.grad), flat(w)
+    # the gradient is the decoder's, rotated by the map taking z to its code and scaled by |e|/|z|:
+    # its norm scales, and its angle to z equals the decoder gradient's angle to the code
+    assert torch.allclose(gf.norm(dim=1), wf.norm(dim=1) * ef.norm(dim=1) / zf.norm(dim=1), rtol=1e-4)
+    assert torch.allclose(F.cosine_similarity(gf, zf), F.cosine_similarity(wf, ef), atol=1e-4)
+    assert not torch.allclose(gf, wf, atol=1e-3)  # not the straight-through copy
+
+
 def test_codebook_loss_moves_only_codebook_and_commitment_only_encoder():
     q = _q(kind="vq", beta=0.0).eval()  # beta=0: loss is the codebook term alone
     z = torch.randn(2, 4, 3, 3, requires_grad=True)

@@ -153,6 +153,7 @@ def train_vqvae(
     code_dim: Optional[int] = typer.Option(None, "--code-dim", help="D, code vector size (default 64)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="Commitment loss weight (default 0.25)."),
     quantizer: Optional[str] = typer.Option(None, "--quantizer", help="ema (EMA codebook) | vq (codebook loss) (default ema)."),
+    gradient: Optional[str] = typer.Option(None, "--gradient", help="ste (straight-through copy, the paper's) | rotation (the rotation trick) (default ste)."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay of the codebook statistics (default 0.99)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction, never trained on (default 0.02)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default off)."),
@@ -174,10 +175,13 @@ def train_vqvae(
         raise typer.BadParameter("--data is required (unless --resume)", param_hint="--data")
     if quantizer is not None and quantizer not in ("ema", "vq"):
         raise typer.BadParameter(f"must be ema or vq, got {quantizer!r}", param_hint="--quantizer")
+    if gradient is not None and gradient not in ("ste", "rotation"):
+        raise typer.BadParameter(f"must be ste or rotation, got {gradient!r}", param_hint="--gradient")
     from vqgen.stage1 import train_vqvae as run
 
     model = dict(image_size=image_size, hidden=hidden, res_blocks=res_blocks, res_channels=res_channels,
-                 codebook_size=codebook_size, code_dim=code_dim, beta=beta, quantizer=quantizer, ema_decay=ema_decay)
+                 codebook_size=codebook_size, code_dim=code_dim, beta=beta, quantizer=quantizer, gradient=gradient,
+                 ema_decay=ema_decay)
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                                  log_every=log_every, amp=amp)
@@ -221,6 +225,8 @@ def encode(
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="Held-out fraction defining the split."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
     flip: bool = typer.Option(False, "--flip", help="Also encode every image mirrored left-right (twice the grids; more data for train-prior)."),
+    shift: int = typer.Option(0, "--shift", min=0, help="Also encode every image (and mirror) translated by a random non-zero offset of up to N pixels, reflect-padded (twice the grids again; 0: off)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the --shift offsets."),
     search: int = SearchOpt,
     search_sweeps: int = SearchSweepsOpt,
     device: str = DeviceOpt,
@@ -235,7 +241,8 @@ def encode(
     from vqgen.stage1 import encode as run
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
-             data_root=data_root, cache_dir=cache_dir, flip=flip, search=search, search_sweeps=search_sweeps), as_json)
+             data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, seed=seed, search=search,
+             search_sweeps=search_sweeps), as_json)
 
 
 @app.command("train-prior", epilog="Example: vqgen train-prior --codes codes.safetensors --out runs/prior --steps 20000")

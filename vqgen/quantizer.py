@@ -13,6 +13,7 @@ from einops import rearrange
 
 
 USAGE_DECAY = 0.9
+GRADIENTS = ("ste", "rotation")
 
 
 @dataclass
@@ -22,6 +23,20 @@ class QuantizerOutput:
     loss: torch.Tensor  # codebook + beta * commitment (codebook term is 0 for EMA: the EMA moves the codes)
     commitment: torch.Tensor  # ||z_e - sg[e]||^2, mean over elements
     counts: torch.Tensor  # (K,) how often each code was picked in this batch (all ranks)
+
+
+def rotate_onto(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Rotate and rescale each row of z (n, D) onto the matching row of q, the map held constant for the gradient.
+
+    The rotation trick (Fifty et al. 2024): where the straight-through estimator hands z the decoder's gradient
+    unchanged, this hands it back through the rotation, so vectors at different angles to their code get
+    different updates. Uses the two-reflection form of the rotation taking z/|z| to q/|q|."""
+    z_norm = z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    q_norm = q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    u, v = (z / z_norm).detach(), (q / q_norm).detach()
+    w = F.normalize(u + v, dim=1)  # the bisector; (0 when z and q are opposite, where u + 2v = v still holds)
+    scale = (q_norm / z_norm).detach()
+    return scale * (z - 2 * w * (w * z).sum(1, keepdim=True) + 2 * v * (u * z).sum(1, keepdim=True))
 
 
 def _distributed() -> bool:
@@ -35,6 +50,7 @@ class VectorQuantizer(nn.Module):
         dim: int,
         beta: float = 0.25,
         kind: str = "ema",
+        gradient: str = "ste",
         decay: float = 0.99,
         restart_threshold: float = 0.03,
         eps: float = 1e-5,
@@ -42,7 +58,9 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         if kind not in ("vq", "ema"):
             raise ValueError(f"quantizer kind must be 'vq' or 'ema', got {kind!r}")
-        self.num_codes, self.dim, self.beta, self.kind = num_codes, dim, beta, kind
+        if gradient not in GRADIENTS:
+            raise ValueError(f"quantizer gradient must be one of {GRADIENTS}, got {gradient!r}")
+        self.num_codes, self.dim, self.beta, self.kind, self.gradient = num_codes, dim, beta, kind, gradient
         self.decay, self.restart_threshold, self.eps = decay, restart_threshold, eps
         init = torch.randn(num_codes, dim) / dim**0.5
         if kind == "vq":
@@ -97,7 +115,11 @@ class VectorQuantizer(nn.Module):
             loss = self.beta * commitment
             if self.kind == "vq":
                 loss = loss + F.mse_loss(z_q, flat.detach())
-            z_q = flat + (z_q - flat).detach()  # straight-through: the decoder's gradient goes to z_e
+            if self.gradient == "rotation":
+                moved = rotate_onto(flat, z_q.detach())
+                z_q = z_q.detach() + (moved - moved.detach())  # value: exactly the code; gradient: the rotation's
+            else:
+                z_q = flat + (z_q - flat).detach()  # straight-through: the decoder's gradient goes to z_e
             z_q = rearrange(z_q, "(b h w) d -> b d h w", b=b, h=h, w=w)
         return QuantizerOutput(z_q, idx.view(b, h, w), loss, commitment, counts)
 

@@ -20,7 +20,7 @@ from vqgen.runtime import autocast, init_distributed, local_main_first, resolve_
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
                          check_unchanged, fingerprint, read_run_meta, resumed_config)
 from vqgen.search import SearchEncoder, check_search
-from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae
+from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae, shift_images
 
 SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
 WEIGHTS_FILE = "vqvae.safetensors"
@@ -214,6 +214,18 @@ def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -
     return torch.cat(out)
 
 
+def _shifted(images: torch.Tensor, shift: int, g: torch.Generator, chunk: int = 4096) -> torch.Tensor:
+    """uint8 images (n, 3, S, S), each translated by its own random non-zero offset of up to `shift` pixels."""
+    side = 2 * shift + 1
+    # draw among the side^2 - 1 offsets other than (shift, shift), the untranslated image
+    k = torch.randint(0, side * side - 1, (images.shape[0],), generator=g)
+    k = k + (k >= shift * side + shift).long()
+    offsets = torch.stack([k // side, k % side], 1)  # (n, 2) = (dy, dx) in [0, 2 shift]
+    out = [shift_images(images[i : i + chunk].float(), shift, offsets[i : i + chunk]).to(torch.uint8)
+           for i in range(0, images.shape[0], chunk)]
+    return torch.cat(out)
+
+
 def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device: str = "auto",
                 batch_size: int = 256, nrow: int = 8, cache_dir: str | None = None,
                 data_root: str | None = None, search: int = 0, search_sweeps: int = 1) -> dict:
@@ -265,11 +277,14 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
 
 def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
            device: str = "auto", batch_size: int = 500, data_root: str | None = None,
-           cache_dir: str | None = None, flip: bool = False, search: int = 0, search_sweeps: int = 1) -> dict:
+           cache_dir: str | None = None, flip: bool = False, shift: int = 0, seed: int = 0, search: int = 0,
+           search_sweeps: int = 1) -> dict:
     """Encode a data set (or its seeded train/val split) into an index-grid file.
 
     With `flip`, the grids of the images mirrored left-right follow those of the images (twice the grids, labels
     repeated): more data for a prior, which overfits the grids of one pass over a small set within a few epochs.
+    With `shift`, each of those images is encoded once more translated by a random non-zero offset of up to
+    `shift` pixels (reflect-padded, drawn from `seed`): twice the grids again.
     With search > 1 the grids come from a decoder-aware search among that many nearest codes (vqgen.search).
     """
     from vqgen.data import load_images, split_indices
@@ -287,19 +302,27 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     if split != "all":
         tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
         idx = tr if split == "train" else va
+    if not 0 <= shift < model.config.image_size // 2:  # reflect padding must be narrower than the image
+        raise ConfigError(f"--shift must be between 0 and {model.config.image_size // 2 - 1} pixels, got {shift}")
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
-    with SearchEncoder(model, -(-len(picked) // batch_size) * (2 if flip else 1), search, search_sweeps) as encoder:
-        codes = _encode_all(encoder, picked, batch_size)  # (n, h, w)
-        if flip:
-            # codes of a mirrored image are not the mirrored codes: the encoder is not equivariant, so encode again
-            codes = torch.cat([codes, _encode_all(encoder, picked.flip(3), batch_size)])
-            labels = labels.repeat(2) if labels is not None else None
+    # codes of a mirrored or shifted image are not the mirrored or shifted codes (the encoder is neither
+    # equivariant nor working at pixel resolution), so every variant is encoded afresh
+    variants = [picked, picked.flip(3)] if flip else [picked]
+    copies = len(variants) * (2 if shift else 1)
+    with SearchEncoder(model, -(-len(picked) // batch_size) * copies, search, search_sweeps) as encoder:
+        codes = [_encode_all(encoder, v, batch_size) for v in variants]  # each (n, h, w)
+        if shift:
+            g = torch.Generator().manual_seed(seed)
+            codes += [_encode_all(encoder, _shifted(v, shift, g), batch_size) for v in variants]
+    codes = torch.cat(codes)
+    labels = labels.repeat(copies) if labels is not None else None
     searched = f"+search{search}x{search_sweeps}" if search > 1 else ""
     cs = CodeSet(codes, model.config.codebook_size, labels, list(images.class_names), sha,
-                 f"{images.source}#{split}" + ("+flip" if flip else "") + searched)
+                 f"{images.source}#{split}" + ("+flip" if flip else "") + (f"+shift{shift}s{seed}" if shift else "")
+                 + searched)
     write_codes(out, cs)
     usage = code_usage(codes, cs.num_codes)
     return {"out": str(out), "grids": len(cs), "height": cs.height, "width": cs.width, "num_codes": cs.num_codes,
             "codes_used": usage["codes_used"], "unigram_entropy_bits": usage["unigram_entropy_bits"],
-            "split": split, "flip": flip, "search": search, "search_sweeps": search_sweeps, "vqvae": path}
+            "split": split, "flip": flip, "shift": shift, "search": search, "search_sweeps": search_sweeps, "vqvae": path}

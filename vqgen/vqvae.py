@@ -21,6 +21,7 @@ class VQVAEConfig:
     code_dim: int = 64  # D, dimension of each code vector
     beta: float = 0.25  # weight of the commitment loss ||z_e - sg[e]||^2
     quantizer: str = "ema"  # "ema": codebook moved by EMA of assigned vectors; "vq": codebook loss + Adam
+    gradient: str = "ste"  # how the decoder's gradient reaches z_e: "ste" copies it, "rotation" rotates it
     ema_decay: float = 0.99  # decay of the EMA codebook statistics and of the code-usage tracker
     restart_threshold: float = 0.03  # a code used less than this fraction of its fair share is restarted
 
@@ -98,6 +99,7 @@ class VQVAE(nn.Module):
             config.code_dim,
             beta=config.beta,
             kind=config.quantizer,
+            gradient=config.gradient,
             decay=config.ema_decay,
             restart_threshold=config.restart_threshold,
         )
