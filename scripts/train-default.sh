@@ -49,7 +49,7 @@ done
 
 # codes of the 98% training split and of its mirror images (--flip: twice the grids, so the prior overfits later);
 # the 2% held-out split, seed 0, is never trained on by either stage
-vqgen encode --vqvae "$RUN_ROOT/vq-grown/vqvae.safetensors" --data "$DATA" --split train --flip --out "$RUN_ROOT/codes-train.safetensors"
+vqgen encode --vqvae "$RUN_ROOT/vq-grown/vqvae.safetensors" --data "$DATA" --split train --flip --shift 2 --out "$RUN_ROOT/codes-train.safetensors"
 vqgen encode --vqvae "$RUN_ROOT/vq-grown/vqvae.safetensors" --data "$DATA" --split val --out "$RUN_ROOT/codes-val.safetensors"
 
 # stage 2: the default class-conditional gated PixelCNN
