@@ -34,7 +34,7 @@ def rotate_onto(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     z_norm = z.norm(dim=1, keepdim=True).clamp_min(1e-12)
     q_norm = q.norm(dim=1, keepdim=True).clamp_min(1e-12)
     u, v = (z / z_norm).detach(), (q / q_norm).detach()
-    w = F.normalize(u + v, dim=1)  # the bisector; (0 when z and q are opposite, where u + 2v = v still holds)
+    w = F.normalize(u + v, dim=1)  # the bisector; zero if z and q point opposite ways, where the map still takes u to v
     scale = (q_norm / z_norm).detach()
     return scale * (z - 2 * w * (w * z).sum(1, keepdim=True) + 2 * v * (u * z).sum(1, keepdim=True))
 

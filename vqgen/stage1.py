@@ -295,6 +295,8 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, sha, path = open_vqvae(vqvae, device)
     check_search(model, search, search_sweeps)
+    if not 0 <= shift < model.config.image_size // 2:  # reflect padding must be narrower than the image
+        raise ConfigError(f"--shift must be between 0 and {model.config.image_size // 2 - 1} pixels, got {shift}")
     out = Path(out)
     check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
@@ -302,8 +304,6 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     if split != "all":
         tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
         idx = tr if split == "train" else va
-    if not 0 <= shift < model.config.image_size // 2:  # reflect padding must be narrower than the image
-        raise ConfigError(f"--shift must be between 0 and {model.config.image_size // 2 - 1} pixels, got {shift}")
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
     # codes of a mirrored or shifted image are not the mirrored or shifted codes (the encoder is neither
