@@ -19,7 +19,7 @@ ARCHIVE=${ARCHIVE:-../shared/data/cifar10-train-jpeg.tar.gz}
 VQ_LEGS=${VQ_LEGS:-"13000 22000"}
 GROWN_LEGS=${GROWN_LEGS:-"16000"}
 GROWN_SIZE=${GROWN_SIZE:-"--hidden 192 --res-blocks 4 --res-channels 64"}
-PRIOR_LEGS=${PRIOR_LEGS:-"5000"}
+PRIOR_LEGS=${PRIOR_LEGS:-"5000 8000"}
 SEED=${SEED:-0}
 
 if [ ! -d "$DATA" ]; then
@@ -47,7 +47,8 @@ for steps in $GROWN_LEGS; do
     vqgen train-vqvae --data "$DATA" --seed "$SEED" --lr 1e-3 --warmup 200 --steps "$steps" --json
 done
 
-# codes of the 98% training split and of its mirror images (--flip: twice the grids, so the prior overfits later);
+# codes of the 98% training split, of its mirror images (--flip) and of both shifted by 1-2 pixels (--shift 2):
+# four times the grids, because the prior is short of data;
 # the 2% held-out split, seed 0, is never trained on by either stage
 vqgen encode --vqvae "$RUN_ROOT/vq-grown/vqvae.safetensors" --data "$DATA" --split train --flip --shift 2 --out "$RUN_ROOT/codes-train.safetensors"
 vqgen encode --vqvae "$RUN_ROOT/vq-grown/vqvae.safetensors" --data "$DATA" --split val --out "$RUN_ROOT/codes-val.safetensors"
