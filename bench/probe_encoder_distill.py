@@ -58,7 +58,6 @@ def main() -> None:
     x_all, y_all = images.images[t["indices"]], t["codes"]  # uint8 (n, 3, 32, 32), int64 (n, 8, 8)
 
     model, _, _ = open_vqvae(a.vqvae, device="cpu")
-    codebook = model.quantizer.embedding.detach().float()  # (K, D), frozen
     for prm in model.parameters():
         prm.requires_grad_(False)
     for prm in model.encoder.parameters():
@@ -80,8 +79,9 @@ def main() -> None:
             x = (x_all[b].float() / 255).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 z = model.encoder(x * 2 - 1)
-            z = z.float().permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])  # (b*64, D)
-            d = (z * z).sum(1, keepdim=True) - 2 * z @ codebook.t() + (codebook * codebook).sum(1)[None]  # (b*64, K)
+            z = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (b*64, D)
+            # the quantizer's distances leave out |z|^2, a per-row constant: softmax and argmin ignore it
+            d = model.quantizer.distances(z)  # (b*64, K); the codebook is frozen (requires_grad off above)
             loss = F.cross_entropy(-d / a.temperature, y_all[b].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -75,7 +75,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
 
     # -- search -----------------------------------------------------------------------------------------
-    def _distances(self, flat: torch.Tensor) -> torch.Tensor:
+    def distances(self, flat: torch.Tensor) -> torch.Tensor:
         """Squared distance of each row of flat (n, D) to every code, up to a per-row constant: (n, K)."""
         e = self.embedding.float()
         # ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every code so it cannot change the ranking
@@ -83,11 +83,11 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of flat (n, D), by one matrix product."""
-        return self._distances(flat).argmin(1)
+        return self.distances(flat).argmin(1)
 
     def nearest_k(self, flat: torch.Tensor, k: int) -> torch.Tensor:
         """Indices of the k nearest codes for each row of flat (n, D), nearest first: (n, k)."""
-        return self._distances(flat).topk(k, dim=1, largest=False).indices
+        return self.distances(flat).topk(k, dim=1, largest=False).indices
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for an index grid: (b, h, w) -> (b, D, h, w)."""
