@@ -125,6 +125,32 @@ def test_encode_shift_appends_the_codes_of_translated_images(cli, trained_vqvae,
     assert not (tmp_path / "c.safetensors").exists()
 
 
+def test_encode_shift_copies_are_different_translations(cli, trained_vqvae, tmp_path):
+    from vqgen.data import load_images
+    from vqgen.vqvae import load_vqvae, shift_images
+
+    w, data = trained_vqvae["run"] / "vqvae.safetensors", trained_vqvae["data"]
+    base = ["encode", "--vqvae", w, "--data", data, "--split", "all", "--shift", "1", "--seed", "4", "--json"]
+    s = json.loads(cli(*base, "--shift-copies", "8", "--out", tmp_path / "all.safetensors").stdout)
+    cs = read_codes(tmp_path / "all.safetensors")
+    assert len(cs) == 24 * 9 == s["grids"] and s["shift_copies"] == 8 and cs.source.endswith("#all+shift1x8s4")
+    # 8 copies of a 1-pixel shift are all 8 non-zero translations, each once, in a seeded order
+    m, _ = load_vqvae(w)
+    x = load_images(str(data), 16).images.float() / 255
+    for i in (0, 7, 23):
+        every = [m.encode(shift_images(x[i : i + 1], 1, torch.tensor([[dy, dx]])))[0].flatten().tolist()
+                 for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
+        got = [cs.codes[24 * (1 + c) + i].flatten().tolist() for c in range(8)]
+        assert sorted(got) == sorted(every)
+    # one copy is what --shift alone draws, and the first copy of many
+    cli(*base, "--out", tmp_path / "one.safetensors")
+    one = read_codes(tmp_path / "one.safetensors")
+    assert one.source.endswith("#all+shift1s4") and torch.equal(one.codes, cs.codes[:48])
+    for bad, msg in ((["--shift-copies", "9"], "--shift-copies must be between 1 and 8"),
+                     (["--shift", "0", "--shift-copies", "2"], "give --shift N (N > 0) with it")):
+        res = cli(*base, *bad, "--out", tmp_path / "bad.safetensors", ok=False)
+        assert res.exit_code == 1 and msg in res.output and not (tmp_path / "bad.safetensors").exists()
+
 def test_train_vqvae_resume_continues_to_more_steps(cli, image_folder, tmp_path):
     run = tmp_path / "run"
     args = ["train-vqvae", "--data", image_folder, "--out", run, "--batch-size", "8", *TINY_VQVAE_ARGS]

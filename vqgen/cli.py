@@ -226,6 +226,7 @@ def encode(
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
     flip: bool = typer.Option(False, "--flip", help="Also encode every image mirrored left-right (twice the grids; more data for train-prior)."),
     shift: int = typer.Option(0, "--shift", min=0, help="Also encode every image (and mirror) translated by a random non-zero offset of up to N pixels, reflect-padded (twice the grids again; 0: off)."),
+    shift_copies: int = typer.Option(1, "--shift-copies", min=1, help="Translated copies of every image (and mirror) with --shift, each a different offset."),
     seed: int = typer.Option(0, "--seed", help="Seed for the --shift offsets."),
     search: int = SearchOpt,
     search_sweeps: int = SearchSweepsOpt,
@@ -241,8 +242,8 @@ def encode(
     from vqgen.stage1 import encode as run
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
-             data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, seed=seed, search=search,
-             search_sweeps=search_sweeps), as_json)
+             data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, shift_copies=shift_copies, seed=seed,
+             search=search, search_sweeps=search_sweeps), as_json)
 
 
 @app.command("train-prior", epilog="Example: vqgen train-prior --codes codes.safetensors --out runs/prior --steps 20000")

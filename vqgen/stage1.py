@@ -214,13 +214,22 @@ def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -
     return torch.cat(out)
 
 
-def _shifted(images: torch.Tensor, shift: int, g: torch.Generator, chunk: int = 4096) -> torch.Tensor:
-    """uint8 images (n, 3, S, S), each translated by its own random non-zero offset of up to `shift` pixels."""
-    side = 2 * shift + 1
-    # draw among the side^2 - 1 offsets other than (shift, shift), the untranslated image
-    k = torch.randint(0, side * side - 1, (images.shape[0],), generator=g)
-    k = k + (k >= shift * side + shift).long()
-    offsets = torch.stack([k // side, k % side], 1)  # (n, 2) = (dy, dx) in [0, 2 shift]
+def _shift_tag(shift: int, copies: int, seed: int) -> str:
+    if not shift:
+        return ""
+    return f"+shift{shift}s{seed}" if copies == 1 else f"+shift{shift}x{copies}s{seed}"
+
+
+def _new_offsets(used: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
+    """Per row of `used` (n, j), flat offsets in [0, side^2), a uniformly random flat offset not among them."""
+    k = torch.randint(0, side * side - used.shape[1], (used.shape[0],), generator=g)
+    for u in used.sort(1).values.T:  # step over the taken offsets in ascending order: k-th free one
+        k = k + (k >= u).long()
+    return k
+
+
+def _shifted(images: torch.Tensor, shift: int, offsets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """uint8 images (n, 3, S, S), each translated by its own (dy, dx) in `offsets` (n, 2), values in [0, 2 shift]."""
     out = [shift_images(images[i : i + chunk].float(), shift, offsets[i : i + chunk]).to(torch.uint8)
            for i in range(0, images.shape[0], chunk)]
     return torch.cat(out)
@@ -277,14 +286,15 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
 
 def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
            device: str = "auto", batch_size: int = 500, data_root: str | None = None,
-           cache_dir: str | None = None, flip: bool = False, shift: int = 0, seed: int = 0, search: int = 0,
-           search_sweeps: int = 1) -> dict:
+           cache_dir: str | None = None, flip: bool = False, shift: int = 0, shift_copies: int = 1, seed: int = 0,
+           search: int = 0, search_sweeps: int = 1) -> dict:
     """Encode a data set (or its seeded train/val split) into an index-grid file.
 
     With `flip`, the grids of the images mirrored left-right follow those of the images (twice the grids, labels
     repeated): more data for a prior, which overfits the grids of one pass over a small set within a few epochs.
     With `shift`, each of those images is encoded once more translated by a random non-zero offset of up to
-    `shift` pixels (reflect-padded, drawn from `seed`): twice the grids again.
+    `shift` pixels (reflect-padded, drawn from `seed`): twice the grids again; `shift_copies` such copies, each
+    image's translations all different, give (1 + shift_copies) times the grids.
     With search > 1 the grids come from a decoder-aware search among that many nearest codes (vqgen.search).
     """
     from vqgen.data import load_images, split_indices
@@ -297,6 +307,12 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     check_search(model, search, search_sweeps)
     if not 0 <= shift < model.config.image_size // 2:  # reflect padding must be narrower than the image
         raise ConfigError(f"--shift must be between 0 and {model.config.image_size // 2 - 1} pixels, got {shift}")
+    side = 2 * shift + 1
+    if shift_copies != 1 and not shift:
+        raise ConfigError("--shift-copies counts translated copies; give --shift N (N > 0) with it")
+    if shift and not 1 <= shift_copies < side * side:
+        raise ConfigError(f"--shift-copies must be between 1 and {side * side - 1} (the non-zero translations of up "
+                          f"to --shift {shift} pixels), got {shift_copies}")
     out = Path(out)
     check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
@@ -309,20 +325,28 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     # codes of a mirrored or shifted image are not the mirrored or shifted codes (the encoder is neither
     # equivariant nor working at pixel resolution), so every variant is encoded afresh
     variants = [picked, picked.flip(3)] if flip else [picked]
-    copies = len(variants) * (2 if shift else 1)
+    copies = len(variants) * (1 + (shift_copies if shift else 0))
     with SearchEncoder(model, -(-len(picked) // batch_size) * copies, search, search_sweeps) as encoder:
         codes = [_encode_all(encoder, v, batch_size) for v in variants]  # each (n, h, w)
         if shift:
             g = torch.Generator().manual_seed(seed)
-            codes += [_encode_all(encoder, _shifted(v, shift, g), batch_size) for v in variants]
+            # flat offsets dy * side + dx already taken per image; the centre is the untranslated image
+            used = [torch.full((len(picked), 1), shift * side + shift) for _ in variants]
+            for _ in range(shift_copies):
+                for i, v in enumerate(variants):
+                    k = _new_offsets(used[i], side, g)  # (n,)
+                    used[i] = torch.cat([used[i], k[:, None]], 1)
+                    codes.append(_encode_all(encoder, _shifted(v, shift, torch.stack([k // side, k % side], 1)),
+                                             batch_size))
     codes = torch.cat(codes)
     labels = labels.repeat(copies) if labels is not None else None
     searched = f"+search{search}x{search_sweeps}" if search > 1 else ""
     cs = CodeSet(codes, model.config.codebook_size, labels, list(images.class_names), sha,
-                 f"{images.source}#{split}" + ("+flip" if flip else "") + (f"+shift{shift}s{seed}" if shift else "")
+                 f"{images.source}#{split}" + ("+flip" if flip else "") + _shift_tag(shift, shift_copies, seed)
                  + searched)
     write_codes(out, cs)
     usage = code_usage(codes, cs.num_codes)
     return {"out": str(out), "grids": len(cs), "height": cs.height, "width": cs.width, "num_codes": cs.num_codes,
             "codes_used": usage["codes_used"], "unigram_entropy_bits": usage["unigram_entropy_bits"],
-            "split": split, "flip": flip, "shift": shift, "search": search, "search_sweeps": search_sweeps, "vqvae": path}
+            "split": split, "flip": flip, "shift": shift,
+            "shift_copies": shift_copies if shift else 0, "search": search, "search_sweeps": search_sweeps, "vqvae": path}
