@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run_recipe(tree: Path, data: Path, runs: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "GROWN_LEGS": "2",
-           "GROWN_SIZE": "--hidden 128 --res-blocks 3 --res-channels 32", "PRIOR_LEGS": "2 3",
+    env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "PRIOR_LEGS": "2 3",
            "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(["bash", str(tree / "scripts" / "train-default.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -38,7 +37,7 @@ def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     vq, prior = tree / "vqgen" / "weights" / "vqvae.safetensors", tree / "vqgen" / "weights" / "prior.safetensors"
     cfg = read_vqvae_config(vq)
-    assert (cfg.hidden, cfg.res_blocks, cfg.res_channels) == (128, 3, 32)  # the grown model ships
+    assert (cfg.hidden, cfg.res_blocks, cfg.codebook_size) == (128, 2, 4096)  # the default network, 4,096 codes
     assert read_header(prior)[1]["vqvae_sha256"] == file_sha256(vq)  # the prior learned the shipped VQ-VAE's codes
     figures = json.loads((runs / "evaluate-val.json").read_text())
     assert figures["vqvae"].endswith("vqgen/weights/vqvae.safetensors") and figures["codes_used"] >= 1
@@ -50,5 +49,5 @@ def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
     res = _run_recipe(tree, data, runs)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (vq.read_bytes(), prior.read_bytes()) == before
-    for stage in ("vq", "vq-grown", "prior"):
+    for stage in ("vq", "prior"):
         assert f"resuming {runs / stage} at step" in res.stderr

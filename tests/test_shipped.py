@@ -67,5 +67,5 @@ def test_evaluate_defaults_to_shipped_pair(cli, image_folder, tmp_path):
     out = tmp_path / "figures.json"
     cli("evaluate", "--data", image_folder, "--json", out)
     figures = json.loads(out.read_text())
-    assert figures["num_codes"] == 512
+    assert figures["num_codes"] == load_vqvae(shipped("vqvae"))[0].config.codebook_size
     assert figures["bits_per_code"] > 0 and figures["bits_per_dim"] > 0
