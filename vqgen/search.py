@@ -3,8 +3,8 @@
 The paper's posterior takes the nearest codebook vector at every position. That choice is made in z-space, one
 position at a time, while the decoder reads the grid jointly, so a grid with a few second- or third-nearest codes
 often reconstructs better (the K=512 CIFAR-10 model vqgen shipped first, held-out images: 25.31 dB nearest, 25.85 dB
-with 8 candidates and one sweep; BENCHMARKS.md). An encoder cannot learn these joint choices (distilling them lost PSNR), so this is
-a search at encode time, for reconstruction and compression; the grids stay ordinary index grids.
+with 8 candidates and one sweep; BENCHMARKS.md). An encoder cannot learn these joint choices (distilling them lost
+PSNR), so this is a search at encode time, for reconstruction and compression; the grids stay ordinary index grids.
 """
 
 from __future__ import annotations
