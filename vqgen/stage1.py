@@ -123,8 +123,7 @@ def train_vqvae(
         val_fraction = 0.02 if val_fraction is None else val_fraction
         flip, shift = bool(flip), shift or 0
         train_cfg = TrainConfig(**overrides)
-    if not 0 <= shift < model_cfg.image_size // 2:  # reflect padding must be narrower than the image
-        raise ConfigError(f"--shift must be between 0 and {model_cfg.image_size // 2 - 1} pixels, got {shift}")
+    _check_shift(shift, model_cfg.image_size)
     start = None
     if init_from is not None:
         from vqgen.grow import check_growable
@@ -212,6 +211,11 @@ def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -
     out = [encoder(images[i : i + batch_size].to(device).float() / 255).cpu()
            for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out)
+
+
+def _check_shift(shift: int, image_size: int) -> None:
+    if not 0 <= shift < image_size // 2:  # reflect padding must be narrower than the image
+        raise ConfigError(f"--shift must be between 0 and {image_size // 2 - 1} pixels, got {shift}")
 
 
 def _shift_tag(shift: int, copies: int, seed: int) -> str:
@@ -305,8 +309,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     model, sha, path = open_vqvae(vqvae, device)
     check_search(model, search, search_sweeps)
-    if not 0 <= shift < model.config.image_size // 2:  # reflect padding must be narrower than the image
-        raise ConfigError(f"--shift must be between 0 and {model.config.image_size // 2 - 1} pixels, got {shift}")
+    _check_shift(shift, model.config.image_size)
     side = 2 * shift + 1
     if shift_copies != 1 and not shift:
         raise ConfigError("--shift-copies counts translated copies; give --shift N (N > 0) with it")
