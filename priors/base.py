@@ -34,6 +34,9 @@ class PriorConfig:
     height: int = 8  # grid height
     width: int = 8  # grid width
     num_classes: int = 0  # 0 = unconditional; else labels in [0, num_classes) condition the prior
+    # training only: the chance a label is replaced by the null class (label num_classes); > 0 gives a conditional
+    # prior that extra class, so one network models p(grid | class) and p(grid) and can be guided (Ho & Salimans)
+    label_dropout: float = 0.0
 
 
 class Prior(nn.Module):
@@ -45,6 +48,9 @@ class Prior(nn.Module):
     # True: the logits at (i, j) depend on *every* earlier position (the contract test checks it). Set False
     # for a prior that deliberately sees only part of the past; causality itself is always checked.
     full_context: ClassVar[bool] = True
+    # True: the prior sizes its class embeddings by `num_label_slots`, so it can have a null class (label dropout,
+    # classifier-free guidance, unconditional draws from a conditional prior)
+    supports_null_class: ClassVar[bool] = False
 
     def __init__(self, config: PriorConfig):
         super().__init__()
@@ -61,6 +67,14 @@ class Prior(nn.Module):
         nc = config.num_classes
         if isinstance(nc, bool) or not isinstance(nc, int) or nc < 0:
             raise ConfigError(f"prior config: num_classes must be an integer >= 0, got {nc!r}")
+        ld = config.label_dropout
+        if isinstance(ld, bool) or not isinstance(ld, (int, float)) or not 0.0 <= ld < 1.0:
+            raise ConfigError(f"prior config: label_dropout must be in [0, 1), got {ld!r}")
+        if ld > 0 and nc == 0:
+            raise ConfigError("label dropout needs a class-conditional prior; an unconditional one has no labels to drop")
+        if ld > 0 and not type(self).supports_null_class:
+            raise ConfigError(f"the {type(self).name or type(self).__name__} prior has no null class, so it cannot be "
+                              "trained with label dropout; use --label-dropout 0")
         try:
             json.dumps(asdict(config))
         except (TypeError, ValueError) as e:
@@ -74,6 +88,20 @@ class Prior(nn.Module):
         own size fields too, by calling super().tiny_config(**{<small sizes>, **overrides})."""
         base = {"num_codes": 16, "height": 4, "width": 4}
         return cls.config_class(**{**base, **overrides})
+
+    @property
+    def has_null_class(self) -> bool:
+        """True when label `null_label` means "no class": the prior also models p(grid) and can be guided."""
+        return self.config.num_classes > 0 and self.config.label_dropout > 0
+
+    @property
+    def null_label(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def num_label_slots(self) -> int:
+        """Rows a class embedding needs: the classes, and the null class when there is one."""
+        return self.config.num_classes + int(self.has_null_class)
 
     @property
     def device(self) -> torch.device:
@@ -122,8 +150,10 @@ class Prior(nn.Module):
         if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != (n,):
             raise ConfigError(f"labels must be {n} integer class indices, got a {tuple(labels.shape)} {labels.dtype} tensor")
         labels = labels.to(device=self.device, dtype=torch.long)
-        if strict_range and n and (int(labels.min()) < 0 or int(labels.max()) >= nc):
-            raise ConfigError(f"labels must be class indices in [0, {nc}), got values {int(labels.min())}..{int(labels.max())}")
+        if strict_range and n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_label_slots):
+            extra = f" or {self.null_label} (no class)" if self.has_null_class else ""
+            raise ConfigError(f"labels must be class indices in [0, {nc}){extra}, got values "
+                              f"{int(labels.min())}..{int(labels.max())}")
         return labels
 
     # -- sampling ------------------------------------------------------------------------------------------
@@ -136,9 +166,15 @@ class Prior(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
-        """Draw n grids -> (n, H, W) long on the model's device (uses the fast `generate`)."""
-        return self._sample(self.generate, n, labels, temperature, top_k, top_p, generator)
+        """Draw n grids -> (n, H, W) long on the model's device (uses the fast `generate`).
+
+        guidance W > 0 (classifier-free guidance; needs a null class) draws every position from
+        uncond + (1 + W) * (cond - uncond) of the logits given the label and given no class, both streams
+        computed in one batch of 2n; None or 0 is plain conditional sampling. labels=prior.null_label draws
+        from p(grid)."""
+        return self._sample(self.generate, n, labels, temperature, top_k, top_p, generator, guidance)
 
     @torch.no_grad()
     def sample_naive(
@@ -149,14 +185,19 @@ class Prior(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         """Reference sampler: a full `logits` pass per position (H*W passes). Same draws as `sample`."""
-        return self._sample(self.generate_naive, n, labels, temperature, top_k, top_p, generator)
+        return self._sample(self.generate_naive, n, labels, temperature, top_k, top_p, generator, guidance)
 
-    def _sample(self, gen_fn, n, labels, temperature, top_k, top_p, generator) -> torch.Tensor:
+    def _sample(self, gen_fn, n, labels, temperature, top_k, top_p, generator, guidance=None) -> torch.Tensor:
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"number of samples must be a positive integer, got {n!r}")
-        check_sampling_args(temperature, top_k, top_p)
+        check_sampling_args(temperature, top_k, top_p, guidance=guidance)
+        w = float(guidance or 0.0)
+        if w and not self.has_null_class:
+            raise ConfigError("guidance needs a class-conditional prior trained with label dropout (it has a null "
+                              "class); this one has none: drop --guidance, or train one with --label-dropout 0.1")
         dev = self.device
         if generator is not None and generator.device.type != dev.type:
             raise ConfigError(f"the torch.Generator is on {generator.device} but the prior is on {dev}; "
@@ -166,11 +207,20 @@ class Prior(nn.Module):
         def pick(step_logits: torch.Tensor) -> torch.Tensor:
             return draw(step_logits, temperature, top_k, top_p, generator)
 
+        def guided_pick(step_logits: torch.Tensor) -> torch.Tensor:  # (2n, K): n conditional rows, then n without class
+            cond, uncond = step_logits[:n].float(), step_logits[n:].float()
+            code = draw(uncond + (1 + w) * (cond - uncond), temperature, top_k, top_p, generator)
+            return code.repeat(2)  # both streams continue from the same drawn code
+
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                codes = gen_fn(n, labels, pick)
+                if w:
+                    both = torch.cat([labels, torch.full_like(labels, self.null_label)])
+                    codes = gen_fn(2 * n, both, guided_pick)[:n]
+                else:
+                    codes = gen_fn(n, labels, pick)
         finally:
             self.train(was_training)
         return codes.clone()  # cloned outside inference mode: an ordinary tensor the caller may modify

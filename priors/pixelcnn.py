@@ -89,6 +89,7 @@ class GatedLayer(nn.Module):
 @register_prior("pixelcnn")
 class PixelCNN(Prior):
     config_class = PixelCNNConfig
+    supports_null_class = True
 
     def __init__(self, config: PixelCNNConfig):
         super().__init__(config)
@@ -110,7 +111,8 @@ class PixelCNN(Prior):
             )
         C = c.channels
         self.embed = nn.Embedding(c.num_codes, C)
-        self.layers = nn.ModuleList(GatedLayer(C, c.kernel_size, c.num_classes, float(c.dropout)) for _ in range(c.layers))
+        self.layers = nn.ModuleList(GatedLayer(C, c.kernel_size, self.num_label_slots, float(c.dropout))
+                                    for _ in range(c.layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, c.num_codes, 1))
 
     @classmethod

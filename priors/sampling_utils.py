@@ -7,17 +7,23 @@ torch.Generator in exactly the same order (one `torch.multinomial(probs, 1)` per
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vqgen.errors import ConfigError
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                        as_options: bool = False) -> None:
+                        as_options: bool = False, guidance: float | None = None) -> None:
     """Raise ConfigError for a filter setting that has no meaning (named --top-k etc. when as_options)."""
     name = (lambda k: "--" + k.replace("_", "-")) if as_options else (lambda k: k)
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ConfigError(f"{name('temperature')} must be a positive number, got {temperature!r}")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                             and temperature > 0):
+        raise ConfigError(f"{name('temperature')} must be a finite positive number, got {temperature!r}")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not math.isfinite(guidance) or guidance < 0):
+        raise ConfigError(f"{name('guidance')} must be a finite number >= 0 (0: no guidance), got {guidance!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
         raise ConfigError(f"{name('top_k')} must be a positive integer, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
@@ -32,7 +38,10 @@ def filter_logits(
     Order (as in most LM samplers): divide by temperature, keep the top_k largest, then keep the smallest
     set of the most likely codes whose probability mass reaches top_p (the most likely code is always kept).
     """
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature < 1:  # shifted so the largest is 0: a tiny temperature gives -inf, never inf - inf = NaN
+        logits = logits - logits.amax(-1, keepdim=True)
+    logits = logits / temperature
     k = logits.shape[-1]
     if top_k is not None and top_k < k:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]

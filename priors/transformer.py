@@ -69,6 +69,7 @@ class Block(nn.Module):
 @register_prior("transformer")
 class Transformer(Prior):
     config_class = TransformerConfig
+    supports_null_class = True
 
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
@@ -83,7 +84,7 @@ class Transformer(Prior):
             raise ConfigError(f"transformer: dropout must be in [0, 1), got {c.dropout}")
         d = c.n_embd
         self.tok = nn.Embedding(c.num_codes, d)
-        self.start = nn.Embedding(max(c.num_classes, 1), d)  # one start token per class, or a single one
+        self.start = nn.Embedding(max(self.num_label_slots, 1), d)  # one start token per class (+ null), or one
         self.row = nn.Embedding(c.height, d)
         self.col = nn.Embedding(c.width, d)
         self.drop = nn.Dropout(float(c.dropout))

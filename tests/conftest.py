@@ -8,6 +8,18 @@ TINY_VQVAE_ARGS = ["--image-size", "16", "--hidden", "16", "--res-blocks", "1", 
                    "--codebook-size", "16", "--code-dim", "8"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory):
+    """Session- and module-scoped fixtures run before the per-test isolation below: keep them off the user's
+    caches too (the decoded-image cache, measured speed choices, downloads)."""
+    root = tmp_path_factory.mktemp("session-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VQGEN_CACHE", str(root / "_cache"))
+        mp.setenv("VQGEN_DATA", str(root / "_data"))
+        mp.setenv("VQGEN_QUIET", "1")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     """No test touches the user's caches, and progress bars stay off."""

@@ -31,7 +31,8 @@ ATOL = 1e-5  # measured: at most ~1.2e-7 apart after 5-8 steps (different reduct
 
 def _vq_args(root: Path, out: Path, steps: int) -> list[str]:
     return ["train-vqvae", "--data", root / "images", "--out", out, "--steps", steps, "--batch-size", "8",
-            "--no-amp", "--flip", "--log-every", "1", "--json", "--cache-dir", root / "cache", *TINY_VQVAE_ARGS]
+            "--no-amp", "--channels-last", "--flip", "--log-every", "1", "--json", "--cache-dir", root / "cache",
+            *TINY_VQVAE_ARGS]
 
 
 def _prior_args(root: Path, prior: str, out: Path) -> list[str]:
@@ -59,8 +60,12 @@ def ddp(tmp_path_factory):
                                                     torch.randint(0, 2, (40,), generator=g), ["a", "b"], "0" * 64, "t"))
     resume = lambda steps: ["train-vqvae", "--out", root / "vq", "--resume", "--steps", steps, "--json",
                             "--cache-dir", root / "cache"]
+    # the last command leaves precision and memory format to the measurement, which all ranks then share
+    auto = ["train-vqvae", "--data", root / "images", "--out", root / "auto", "--steps", "3", "--batch-size", "8",
+            "--json", "--cache-dir", root / "cache", *TINY_VQVAE_ARGS]
     commands = [_vq_args(root, root / "vq", 5), resume(8), resume(40),
-                _prior_args(root, "pixelcnn", root / "pixelcnn"), _prior_args(root, "transformer", root / "transformer")]
+                _prior_args(root, "pixelcnn", root / "pixelcnn"), _prior_args(root, "transformer", root / "transformer"),
+                auto]
     (root / "dump").mkdir()
     spec = root / "spec.json"
     spec.write_text(json.dumps({"dump": str(root / "dump"), "commands": [[str(a) for a in c] for c in commands]}))
@@ -117,6 +122,15 @@ def test_vqvae_two_processes_match_one_process(ddp, cli, tmp_path):
     assert _info(ddp, 0, 0)["picks"] == [16]  # the codebook was initialised from data (gathered from both ranks)
     # logged figures are the global batch's (averaged over ranks), as one process logs them
     assert _losses(ddp / "vq")[:8] == pytest.approx(_losses(tmp_path / "one8"), abs=ATOL)
+
+
+def test_measured_speed_choice_is_shared_by_every_rank(ddp):
+    """Every rank measures at once (the quantiser's collectives need them all) and takes rank 0's verdict."""
+    assert _info(ddp, 5, 0)["exit_code"] == 0 and _info(ddp, 5, 1)["exit_code"] == 0
+    _assert_ranks_identical(ddp, 5)
+    speed = _records(ddp / "auto")[0]["speed"]
+    assert speed["threads"] == 1  # OMP_NUM_THREADS=1 is respected
+    assert "measured now" in speed["how"] and speed["probe"]
 
 
 def test_ranks_stay_identical_through_dead_code_restarts(ddp):

@@ -266,9 +266,45 @@ def check_sample_keeps_mode(name):
     assert all(p.grad is None for p in prior.parameters())
 
 
+def check_guidance(name):
+    """Classifier-free guidance: exact in the fast sampler, off at 0, refused where it has no meaning."""
+    cls = get_prior(name)
+    if not cls.supports_null_class:
+        with pytest.raises(ConfigError, match="null class"):
+            make(name, num_classes=3, label_dropout=0.1)
+        with pytest.raises(ConfigError, match="guidance"):
+            make(name, num_classes=3).sample(2, labels=torch.tensor([0, 1]), guidance=1.0)
+        return
+    prior = make(name, num_classes=3, label_dropout=0.1)
+    assert prior.has_null_class and prior.null_label == 3 and prior.num_label_slots == 4
+    n, labels = 5, torch.tensor([0, 1, 2, 0, 1])
+    plain = prior.sample(n, labels=labels, generator=gen(5))
+    for w in (0, 0.0, None):  # no guidance is plain conditional sampling, bit for bit
+        assert torch.equal(prior.sample(n, labels=labels, generator=gen(5), guidance=w), plain)
+    kw = dict(labels=labels, temperature=0.9, top_k=9, guidance=2.0)
+    guided = prior.sample(n, generator=gen(5), **kw)
+    assert torch.equal(guided, prior.sample_naive(n, generator=gen(5), **kw))  # both streams stay exact
+    assert not torch.equal(guided, plain)
+    uncond = prior.sample(n, labels=prior.null_label, generator=gen(5))  # p(grid): the null class as the label
+    assert uncond.shape == (n, 4, 4)
+    for bad in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match="guidance"):
+            prior.sample(2, labels=torch.tensor([0, 1]), guidance=bad)
+    with pytest.raises(ConfigError, match="labels must be"):
+        prior.sample(1, labels=4)
+    no_null = make(name, num_classes=3)
+    with pytest.raises(ConfigError, match="null class"):
+        no_null.sample(2, labels=torch.tensor([0, 1]), guidance=1.0)
+    with pytest.raises(ConfigError, match="labels must be"):
+        no_null.sample(1, labels=3)  # without a null class, index num_classes is no label at all
+    with pytest.raises(ConfigError, match="label dropout needs a class-conditional"):
+        make(name, label_dropout=0.1)
+
+
 CHECKS = [check_registered, check_config_roundtrip, check_logits_loss_log_prob, check_loss_falls,
           check_sample_shape_and_seed, check_fast_sampler_matches_naive, check_causality_by_gradient,
-          check_causality_by_perturbation, check_class_conditioning, check_sampling_filters, check_sample_keeps_mode]
+          check_causality_by_perturbation, check_class_conditioning, check_sampling_filters, check_sample_keeps_mode,
+          check_guidance]
 
 
 def run_contract(name: str) -> None:

@@ -1,3 +1,42 @@
-"""vqgen: VQ-VAE discrete codes for images and autoregressive priors over them."""
+"""vqgen: VQ-VAE discrete codes for images and autoregressive priors over them.
+
+The Python API (docs/python-api.md); each function imports torch only when called, so `import vqgen` stays
+light for the command line:
+
+    import vqgen
+    images = vqgen.generate(16, class_name="cat", seed=0)   # (16, 3, 32, 32) float in [0, 1]
+    vq = vqgen.load_vqvae()                                 # the shipped CIFAR-10 VQ-VAE
+    codes = vq.encode(images)                               # (16, 8, 8) long
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+__all__ = ["load_vqvae", "load_prior", "generate", "__version__"]
+
+
+def load_vqvae(path=None, device="cpu"):
+    """A trained VQ-VAE in eval mode (None: the shipped weights), with .encode(images) and .decode(codes)."""
+    from vqgen.stage1 import open_vqvae
+
+    return open_vqvae(None if path is None else str(path), str(device))[0]
+
+
+def load_prior(path=None, device="cpu"):
+    """A trained prior in eval mode (None: the shipped weights), with .sample(n, labels=..., guidance=...)."""
+    from vqgen.stage2 import load_prior as load
+    from vqgen.weights import shipped
+
+    return load(shipped("prior") if path is None else path, device)[0]
+
+
+def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=1.0, top_k=None, top_p=None,
+             guidance=None, unconditional=False, batch_size=256, device="cpu", return_labels=False):
+    """What `vqgen sample` draws, as a (n, 3, H, W) float tensor in [0, 1] (with return_labels: and the (n,) class
+    asked for per image, None for an unconditional prior). Classes cycle when class_name is None."""
+    from vqgen.sampling import draw_samples
+
+    s = draw_samples(n, prior=None if prior is None else str(prior), vqvae=None if vqvae is None else str(vqvae),
+                     class_name=class_name, unconditional=unconditional, seed=seed, temperature=temperature,
+                     top_k=top_k, top_p=top_p, guidance=guidance, batch_size=batch_size, device=device)
+    return (s.images, s.labels) if return_labels else s.images

@@ -88,6 +88,15 @@ def emit(summary: dict, as_json: bool) -> None:
         typer.echo(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
 
 
+def _finite(name: str, value, minimum: float | None = None):
+    """A float option that must be a finite number (typer lets nan and inf through), at least `minimum`."""
+    import math
+
+    if value is not None and (not math.isfinite(value) or (minimum is not None and value < minimum)):
+        low = f" >= {minimum:g}" if minimum is not None else ""
+        raise typer.BadParameter(f"must be a finite number{low}, got {value}", param_hint=name)
+
+
 def _positive(name: str, value):
     if value is not None and value <= 0:
         raise typer.BadParameter(f"must be positive, got {value}", param_hint=name)
@@ -108,10 +117,15 @@ WarmupOpt = typer.Option(None, "--warmup", help="Linear warmup steps (default 10
 CheckpointEveryOpt = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints.")
 EvalEveryOpt = typer.Option(None, "--eval-every", help="Steps between held-out evaluations.")
 LogEveryOpt = typer.Option(None, "--log-every", help="Steps between metrics.jsonl records.")
-AmpOpt = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default on).")
+AmpOpt = typer.Option(None, "--amp/--no-amp", help="Force bf16 autocast on or off (default: auto, whichever of bf16 "
+                      "and fp32 trains this network faster here: measured once per machine, printed and recorded).")
+InferAmpOpt = typer.Option(None, "--amp/--no-amp", help="Force bf16 autocast on or off (default: auto, bf16 on CUDA "
+                           "GPUs that support it, fp32 on CPUs).")
 SearchOpt = typer.Option(0, "--search", min=0, help="Pick each position's code among its N nearest by how well the "
                          "grid decodes (0: the nearest code, as in the paper; 4 gains ~0.5 dB for 3 decodes a position).")
 SearchSweepsOpt = typer.Option(1, "--search-sweeps", min=1, help="Passes of --search over the grid's positions (2: ~0.1 dB more).")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: auto, the faster of torch's default "
+                          "and the usable cores, measured with --amp's choice; OMP_NUM_THREADS is respected).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 
 
@@ -160,7 +174,8 @@ def train_vqvae(
     shift: Optional[int] = typer.Option(None, "--shift", min=0, help="Random translation of each image by up to N pixels, reflect-padded (default 0: off)."),
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs)."),
-    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory format (faster with bf16 on CPU and GPU)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Force the channels_last memory format on or off (default: auto, measured with --amp's choice)."),
+    threads: Optional[int] = ThreadsOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -187,7 +202,7 @@ def train_vqvae(
                                  log_every=log_every, amp=amp)
     summary = run(data, out, model, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip, shift=shift,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
-                  channels_last=channels_last, init_from=init_from)
+                  channels_last=channels_last, init_from=init_from, threads=threads)
     emit(summary, as_json)
 
 
@@ -201,6 +216,7 @@ def reconstruct(
     nrow: int = typer.Option(8, "--nrow", help="Images per grid row."),
     search: int = SearchOpt,
     search_sweeps: int = SearchSweepsOpt,
+    amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -212,7 +228,7 @@ def reconstruct(
     from vqgen.stage1 import reconstruct as run
 
     emit(run(vqvae, inputs, out, device=device, batch_size=batch_size, nrow=nrow, cache_dir=cache_dir,
-             data_root=data_root, search=search, search_sweeps=search_sweeps), as_json)
+             data_root=data_root, search=search, search_sweeps=search_sweeps, amp=amp), as_json)
 
 
 @app.command(epilog="Example: vqgen encode --vqvae runs/vq/vqvae.safetensors --data cifar10 --out codes.safetensors")
@@ -230,6 +246,7 @@ def encode(
     seed: int = typer.Option(0, "--seed", help="Seed for the --shift offsets."),
     search: int = SearchOpt,
     search_sweeps: int = SearchSweepsOpt,
+    amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -243,7 +260,7 @@ def encode(
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
              data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, shift_copies=shift_copies, seed=seed,
-             search=search, search_sweeps=search_sweeps), as_json)
+             search=search, search_sweeps=search_sweeps, amp=amp), as_json)
 
 
 @app.command("train-prior", epilog="Example: vqgen train-prior --codes codes.safetensors --out runs/prior --steps 20000")
@@ -267,10 +284,12 @@ def train_prior(
     resume: bool = ResumeOpt,
     class_conditional: Optional[bool] = typer.Option(
         None, "--class-conditional/--unconditional", help="Condition on labels (default: when the codes have labels)."),
+    label_dropout: Optional[float] = typer.Option(None, "--label-dropout", min=0.0, max=0.99, help="Chance a training label is replaced by a null class, so the prior also learns p(grid) and `sample --guidance` works (default 0.1 for class-conditional priors, 0 otherwise)."),
     val_codes: Optional[str] = typer.Option(None, "--val-codes", help="Held-out index-grid file (else a seeded split)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction when no --val-codes (default 0.05)."),
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the prior (GPU runs)."),
+    threads: Optional[int] = ThreadsOpt,
     as_json: bool = JsonOpt,
 ):
     """Fit an autoregressive prior (stage 2) on index grids; report held-out bits per code."""
@@ -283,7 +302,8 @@ def train_prior(
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                                  log_every=log_every, amp=amp)
     emit(run(codes, out, prior, opt, overrides, epochs=epochs, class_conditional=class_conditional,
-             val_codes=val_codes, val_fraction=val_fraction, device=device, resume=resume, compile=compile), as_json)
+             val_codes=val_codes, val_fraction=val_fraction, device=device, resume=resume, compile=compile,
+             threads=threads, label_dropout=label_dropout), as_json)
 
 
 @app.command(epilog="Example: vqgen sample --n 64 --out grid.png --class cat --seed 1")
@@ -293,25 +313,34 @@ def sample(
     n: int = typer.Option(64, "--n", help="Number of samples."),
     prior: Optional[str] = typer.Option(None, "--prior", help="Prior weights (default: the shipped CIFAR-10 prior)."),
     vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0: logits "
+                                             "uncond + (1+W)(cond - uncond); 0 is plain conditional sampling (default: "
+                                             "1.0 for priors with a null class, else 0)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (class-conditional priors)."),
+    unconditional: bool = typer.Option(False, "--unconditional", help="Draw from p(grid), with no class (a class-conditional prior trained with --label-dropout)."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same images."),
     nrow: int = typer.Option(8, "--nrow", help="Images per grid row (a conditional prior draws one class per row)."),
     save_codes: Optional[str] = typer.Option(None, "--save-codes", help="Also write the sampled index grids here."),
     batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
+    amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Generate images: draw code grids from the prior and decode them with the VQ-VAE."""
+    _finite("--guidance", guidance, 0.0)
+    _finite("--temperature", temperature)
+    _positive("--temperature", temperature)
     _positive("--n", n)
     _positive("--nrow", nrow)
     _positive("--batch-size", batch_size)
     from vqgen.sampling import sample as run
 
     emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
-             seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size), as_json)
+             seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size, amp=amp,
+             guidance=guidance, unconditional=unconditional), as_json)
 
 
 @app.command("priors", epilog="Example: vqgen priors --json")
@@ -343,6 +372,7 @@ def evaluate(
     batch_size: int = typer.Option(250, "--batch-size", help="Images per forward pass."),
     search: int = SearchOpt,
     search_sweeps: int = SearchSweepsOpt,
+    amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -359,7 +389,7 @@ def evaluate(
         check_parent(json_out)
     figures = evaluate_models(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction,
                               batch_size=batch_size, device=device, fid=fid, seed=seed, data_root=data_root,
-                              cache_dir=cache_dir, search=search, search_sweeps=search_sweeps)
+                              cache_dir=cache_dir, search=search, search_sweeps=search_sweeps, amp=amp)
     if json_out is not None:
         from vqgen.checkpoint import atomic_path
 

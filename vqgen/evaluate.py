@@ -304,7 +304,7 @@ def inception_features(images: torch.Tensor, device: str | torch.device = "cpu",
 def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = None, split: str = "all",
                     val_fraction: float = 0.02, batch_size: int = 250, device: str = "auto",
                     fid: int = 0, seed: int = 0, data_root=None, cache_dir=None, search: int = 0,
-                    search_sweeps: int = 1) -> dict:
+                    search_sweeps: int = 1, amp: bool | None = None) -> dict:
     """Every headline figure of a VQ-VAE (and optionally a prior) on one image set, as a flat dict.
 
     With search > 1 the images' codes come from vqgen.search's decoder-aware search instead of the nearest codes."""
@@ -342,17 +342,22 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
     stats = RunningStats(model.config.codebook_size)
     if p_model is not None and p_model.config.num_classes and labels is None:
         raise ConfigError(f"the prior is class-conditional but {data} has no labels")
-    nll, n_codes = 0.0, 0
-    with SearchEncoder(model, -(-imgs.shape[0] // batch_size), search, search_sweeps) as encoder:
+    nll, nll_uncond, n_codes = 0.0, 0.0, 0
+    from vqgen.runtime import autocast, inference_amp
+
+    half = inference_amp(dev, amp)
+    with SearchEncoder(model, -(-imgs.shape[0] // batch_size), search, search_sweeps) as encoder, autocast(dev, half):
         for i in range(0, imgs.shape[0], batch_size):
             x = imgs[i : i + batch_size].to(dev).float() / 255
             codes = encoder(x)
-            stats.update_images(x, model.decode(codes))
+            stats.update_images(x, model.decode(codes).float())
             stats.update_codes(codes)
             if p_model is not None:
                 lab = labels[i : i + batch_size].to(dev) if p_model.config.num_classes else None
                 with torch.no_grad():
                     nll -= float(p_model.log_prob(codes, lab).double().sum())
+                    if lab is not None and p_model.has_null_class:
+                        nll_uncond -= float(p_model.log_prob(codes, torch.full_like(lab, p_model.null_label)).double().sum())
                 n_codes += codes.numel()
     s = stats.summary()
     out = {"num_images": s["images"], "num_codes": model.config.codebook_size, "mse": s["mse"], "psnr": s["psnr"],
@@ -364,6 +369,8 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
         bpc = bits_per_code(nll / n_codes)
         out["bits_per_code"] = bpc
         out["bits_per_dim"] = bits_per_dim(bpc, model.config.grid**2, tuple(imgs.shape[1:]))
+        if p_model.config.num_classes and p_model.has_null_class:  # the same prior, told no class: p(grid)
+            out["bits_per_code_unconditional"] = bits_per_code(nll_uncond / n_codes)
     if fid:
         if p_model is None:
             raise ConfigError("--fid needs a prior to draw samples from; pass --prior")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from einops import rearrange
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -15,10 +16,16 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
-    """(n, 3, H, W) -> one (3, H', W') uint8 grid with `nrow` images per row."""
-    from torchvision.utils import make_grid as tv_grid
-
-    return tv_grid(to_uint8(images), nrow=max(1, nrow), padding=pad, pad_value=255)
+    """(n, 3, H, W) -> one (3, H', W') uint8 grid with `nrow` images per row, `pad` white pixels around each
+    (the layout of torchvision's make_grid, without importing torchvision: ~4 s of every command that writes one)."""
+    x = to_uint8(images)
+    n, c, h, w = x.shape
+    cols = max(1, min(nrow, n))
+    rows = -(-n // cols)
+    blank = torch.full((rows * cols - n, c, h, w), 255, dtype=torch.uint8)
+    cells = torch.nn.functional.pad(torch.cat([x, blank]), (pad, 0, pad, 0), value=255)  # (rows*cols, c, h+pad, w+pad)
+    grid = rearrange(cells, "(r k) c h w -> c (r h) (k w)", r=rows, k=cols)
+    return torch.nn.functional.pad(grid, (0, pad, 0, pad), value=255)
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> None:

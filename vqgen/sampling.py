@@ -1,8 +1,9 @@
-"""Prior -> index grids -> VQ-VAE decoder -> images on disk."""
+"""Prior -> index grids -> VQ-VAE decoder -> images (in memory, or on disk as `vqgen sample` writes them)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,12 +15,17 @@ from vqgen.codes import CodeSet, write_codes
 from vqgen.errors import ConfigError
 from vqgen.images import make_grid, save_png
 
+# classifier-free guidance used when --guidance is not given, for priors with a null class (chosen by the
+# sample-quality sweep in BENCHMARKS.md: Frechet distance first, class accuracy second)
+DEFAULT_GUIDANCE = 1.0
 
-def resolve_class(value: str, class_names: list[str], num_classes: int) -> int:
+
+def resolve_class(value: str | int, class_names: list[str], num_classes: int) -> int:
     """A class given by name or index -> its index, or an error listing the known classes."""
     if num_classes == 0:
         raise ConfigError("this prior is unconditional; drop --class (or train one with --class-conditional)")
     names = class_names or [str(i) for i in range(num_classes)]
+    value = str(value)
     if value in names:
         return names.index(value)
     if value.lstrip("-").isdigit() and 0 <= int(value) < num_classes:
@@ -27,31 +33,103 @@ def resolve_class(value: str, class_names: list[str], num_classes: int) -> int:
     raise ConfigError(f"unknown class {value!r}; known classes: {', '.join(names)} (or an index 0-{num_classes - 1})")
 
 
-def sample(
+@dataclass
+class Samples:
+    """What one draw produced."""
+
+    images: torch.Tensor  # (n, 3, H, W) float in [0, 1], on the CPU
+    codes: torch.Tensor  # (n, h, w) long index grids, on the CPU
+    labels: torch.Tensor | None  # (n,) class asked for per sample (the null label for unconditional draws); None
+    class_names: list[str] = field(default_factory=list)  # the prior's class names ([] when unconditional)
+    guidance: float = 0.0  # the guidance weight used
+    seconds: float = 0.0  # sampling and decoding, once the models were loaded
+    prior_name: str = ""  # registry name of the prior
+    prior_path: str = ""
+    vqvae_sha256: str = ""
+    num_codes: int = 0  # K of the codes
+
+
+def draw_samples(
     n: int,
-    out: str | Path,
     *,
     prior: str | None = None,
     vqvae: str | None = None,
+    class_name: str | int | None = None,
+    class_run: int = 1,
+    unconditional: bool = False,
+    seed: int = 0,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    class_: str | None = None,
-    seed: int = 0,
-    nrow: int = 8,
-    save_codes: str | None = None,
-    device: str = "auto",
+    guidance: float | None = None,
     batch_size: int = 256,
-) -> dict:
-    """Draw n index grids from the prior, decode them and write a grid PNG (or a folder of PNGs)."""
-    from vqgen.runtime import resolve_device
+    device: str = "auto",
+    amp: bool | None = None,
+) -> Samples:
+    """Draw n index grids from a prior (default: the shipped one) and decode them with its VQ-VAE.
+
+    Without class_name a class-conditional prior cycles through its classes, `class_run` consecutive samples per
+    class (the CLI passes its grid width: one class per row); unconditional=True draws from p(grid) with the null
+    class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise."""
+    from vqgen.runtime import autocast, inference_amp, resolve_device
     from vqgen.stage1 import open_vqvae
     from vqgen.stage2 import check_compatible, load_prior
     from vqgen.weights import shipped
 
-    if n <= 0:
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ConfigError(f"--n must be a positive number of samples, got {n}")
-    check_sampling_args(temperature, top_k, top_p, as_options=True)  # before any model is loaded
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    check_sampling_args(temperature, top_k, top_p, as_options=True, guidance=guidance)  # before any model is loaded
+    if unconditional and class_name is not None:
+        raise ConfigError("--unconditional draws without a class; drop --class (or --unconditional)")
+    dev = resolve_device(device)
+    model_p, pmeta = load_prior(prior or shipped("prior"), dev)
+    model_v, vsha, _ = open_vqvae(vqvae, str(dev))
+    g = model_v.config.grid
+    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.codebook_size, g, g, "the VQ-VAE")
+    num_classes = model_p.config.num_classes
+    if guidance is None:
+        guidance = DEFAULT_GUIDANCE if model_p.has_null_class and not unconditional else 0.0
+    elif guidance and unconditional:
+        raise ConfigError("--guidance steers towards a class; --unconditional draws without one: drop one of them")
+    labels = None
+    if unconditional:
+        if not model_p.has_null_class:
+            why = "it is unconditional already: drop --unconditional" if not num_classes else \
+                "it has no null class (train it with --label-dropout 0.1); draw one class with --class"
+            raise ConfigError(f"this prior cannot draw without a class: {why}")
+        labels = torch.full((n,), model_p.null_label, dtype=torch.long)
+    elif class_name is not None:
+        labels = torch.full((n,), resolve_class(class_name, pmeta["class_names"], num_classes), dtype=torch.long)
+    elif num_classes:
+        labels = (torch.arange(n) // max(class_run, 1)) % num_classes
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    t0 = time.perf_counter()
+    grids, images = [], []
+    with autocast(dev, inference_amp(dev, amp)):
+        for i in range(0, n, batch_size):
+            lab = labels[i : i + batch_size].to(dev) if labels is not None else None
+            codes = model_p.sample(min(batch_size, n - i), labels=lab, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, generator=gen, guidance=guidance)
+            grids.append(codes.cpu())
+            images.append(model_v.decode(codes).float().cpu())
+    return Samples(images=torch.cat(images), codes=torch.cat(grids), labels=labels,
+                   class_names=list(pmeta["class_names"]) if num_classes else [], guidance=float(guidance),
+                   seconds=time.perf_counter() - t0, prior_name=pmeta["prior"], prior_path=pmeta["path"],
+                   vqvae_sha256=vsha, num_codes=model_p.config.num_codes)
+
+
+def sample(
+    n: int,
+    out: str | Path,
+    *,
+    nrow: int = 8,
+    save_codes: str | None = None,
+    class_: str | None = None,
+    **draw_options,
+) -> dict:
+    """Draw n samples and write a grid PNG (out ending in .png) or a folder of PNGs; optionally the grids."""
     out = Path(out)
     as_grid = out.suffix.lower() == ".png"
     check_parent(out)
@@ -59,46 +137,28 @@ def sample(
         raise ConfigError(f"cannot write samples into {out}: it is a file; give a folder or a .png path")
     if save_codes:
         check_parent(save_codes)
-    dev = resolve_device(device)
-    model_p, pmeta = load_prior(prior or shipped("prior"), dev)
-    model_v, vsha, _ = open_vqvae(vqvae, str(dev))
-    g = model_v.config.grid
-    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.codebook_size, g, g,
-                     "the VQ-VAE")
-    num_classes = model_p.config.num_classes
-    labels = None
-    if class_ is not None:
-        labels = torch.full((n,), resolve_class(class_, pmeta["class_names"], num_classes), dtype=torch.long)
-    elif num_classes:
-        labels = (torch.arange(n) // max(nrow, 1)) % num_classes  # one class per grid row
-    names = list(pmeta["class_names"]) or [str(i) for i in range(num_classes)]
-    drawn = [] if labels is None else [names[c] for c in dict.fromkeys(labels.tolist())]  # in grid order
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    t0 = time.perf_counter()
-    grids, images = [], []
-    for i in range(0, n, batch_size):
-        lab = labels[i : i + batch_size].to(dev) if labels is not None else None
-        codes = model_p.sample(min(batch_size, n - i), labels=lab, temperature=temperature, top_k=top_k,
-                               top_p=top_p, generator=gen)
-        grids.append(codes.cpu())
-        images.append(model_v.decode(codes).cpu())
-    seconds = time.perf_counter() - t0
-    codes, imgs = torch.cat(grids), torch.cat(images)
+    s = draw_samples(n, class_name=class_, class_run=nrow, **draw_options)
+    num_classes = len(s.class_names)
+    names = s.class_names or [str(i) for i in range(num_classes)]
+    drawn = [] if s.labels is None or draw_options.get("unconditional") else \
+        [names[c] for c in dict.fromkeys(s.labels.tolist())]  # in grid order
     if as_grid:
-        save_png(make_grid(imgs, nrow=nrow), out)
+        save_png(make_grid(s.images, nrow=nrow), out)
     else:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create folder {out}: {e.strerror or e}") from None
         width = len(str(n - 1))
-        for i, img in enumerate(imgs):
+        for i, img in enumerate(s.images):
             save_png(img, out / f"sample_{i:0{width}d}.png")
     if class_ is None and 0 < len(drawn) < num_classes:  # said once the images are written, not before an error
         log.note(f"one class per row: the grid shows {len(drawn)} of {num_classes} classes ({', '.join(drawn)}); "
                  f"--n {nrow * num_classes} shows all of them, --class NAME picks one")
     if save_codes:
-        write_codes(save_codes, CodeSet(codes, model_p.config.num_codes, labels, list(pmeta["class_names"]) if labels is not None else [],
-                                        vsha, f"sample:{pmeta['path']}"))
-    return {"samples": n, "out": str(out), "seconds": seconds, "prior": pmeta["prior"], "seed": seed,
-            "classes": drawn}
+        labels = s.labels if s.labels is not None and not draw_options.get("unconditional") else None
+        write_codes(save_codes, CodeSet(s.codes, s.num_codes, labels,
+                                        s.class_names if labels is not None else [], s.vqvae_sha256,
+                                        f"sample:{s.prior_path}"))
+    return {"samples": n, "out": str(out), "seconds": s.seconds, "prior": s.prior_name,
+            "seed": draw_options.get("seed", 0), "guidance": s.guidance, "classes": drawn}

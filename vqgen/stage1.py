@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shlex
@@ -16,9 +17,10 @@ from vqgen.codes import CodeSet, write_codes
 from vqgen.errors import ConfigError, DataError
 from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
 from vqgen.images import make_grid, save_png
-from vqgen.runtime import autocast, init_distributed, local_main_first, resolve_device
+from vqgen.runtime import (PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first,
+                           resolve_device)
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
-                         check_unchanged, fingerprint, read_run_meta, resumed_config)
+                         check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
 from vqgen.search import SearchEncoder, check_search
 from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae, shift_images
 
@@ -79,8 +81,9 @@ def train_vqvae(
     cache_dir: str | None = None,
     resume: bool = False,
     compile: bool = False,
-    channels_last: bool = True,
+    channels_last: bool | None = None,
     init_from: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Train (or resume) a VQ-VAE in run_dir, from scratch or grown from the weights `init_from`; returns the
     held-out summary.
@@ -111,6 +114,9 @@ def train_vqvae(
         data = stored_data["spec"] if data is None else data
         val_fraction, flip, shift = stored_data["val_fraction"], stored_data["flip"], stored_shift
         train_cfg = resumed_config(meta, overrides)
+        kept = resumed_speed(meta)
+        channels_last = kept["channels_last"] if channels_last is None else channels_last
+        threads = kept["threads"] if threads is None else threads
     else:
         if data is None:
             raise ConfigError("--data is required (unless --resume)")
@@ -161,7 +167,28 @@ def train_vqvae(
 
         grow_into(model, start)
     model = model.to(dev)
-    if channels_last:
+    probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
+
+    def probe_step(amp: bool, cl: bool):
+        m = copy.deepcopy(model)
+        m = m.to(memory_format=torch.channels_last) if cl else m
+        obj = VQVAEObjective(m, flip=flip, shift=shift)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (probe_batch, 3, model_cfg.image_size, model_cfg.image_size), generator=g,
+                          dtype=torch.uint8).to(dev)
+
+        def step():
+            with autocast(dev, amp):
+                loss, _ = obj(x)
+            loss.backward()
+        return step
+
+    workload = f"vqvae:{json.dumps(model_cfg.to_dict(), sort_keys=True)}:flip={flip}:shift={shift}:b{probe_batch}"
+    speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, channels_last=channels_last,
+                         threads=threads, dist=dist)
+    train_cfg.amp = speed.amp
+    log.note(f"computing in {speed.describe()}")
+    if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     objective = VQVAEObjective(model, flip=flip, shift=shift)
     batches = TensorBatches((train_images,), train_cfg.batch_size, train_cfg.seed, dist)
@@ -183,7 +210,7 @@ def train_vqvae(
     trainer = Trainer(objective, batches, train_cfg, run_dir, dev, dist, run_meta=run_meta, export=export,
                       evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
                       describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best,
-                      resume_command=f"vqgen train-vqvae --out {shlex.quote(str(run_dir))} --resume")
+                      resume_command=f"vqgen train-vqvae --out {shlex.quote(str(run_dir))} --resume", speed=speed)
     summary = trainer.fit(resume=resume)
     summary.update({"steps": trainer.step, "weights": str(run_dir / WEIGHTS_FILE)})
     return summary
@@ -241,7 +268,7 @@ def _shifted(images: torch.Tensor, shift: int, offsets: torch.Tensor, chunk: int
 
 def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device: str = "auto",
                 batch_size: int = 256, nrow: int = 8, cache_dir: str | None = None,
-                data_root: str | None = None, search: int = 0, search_sweeps: int = 1) -> dict:
+                data_root: str | None = None, search: int = 0, search_sweeps: int = 1, amp: bool | None = None) -> dict:
     """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs.
 
     With search > 1 each image's codes come from a decoder-aware search among that many nearest codes."""
@@ -259,10 +286,11 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     images = load_inputs(inputs, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
     dev = next(model.parameters()).device
     recons, sq = [], 0.0
-    with SearchEncoder(model, -(-len(images.images) // batch_size), search, search_sweeps) as encoder:
+    with SearchEncoder(model, -(-len(images.images) // batch_size), search, search_sweeps) as encoder, \
+            autocast(dev, inference_amp(dev, amp)):
         for i in range(0, len(images.images), batch_size):
             x = images.images[i : i + batch_size].to(dev).float() / 255
-            x_hat = model.decode(encoder(x))
+            x_hat = model.decode(encoder(x)).float()
             sq += float(((x_hat - x) ** 2).mean(dim=(1, 2, 3)).sum())
             recons.append(x_hat.cpu())
     recon = torch.cat(recons)
@@ -291,7 +319,7 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
 def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
            device: str = "auto", batch_size: int = 500, data_root: str | None = None,
            cache_dir: str | None = None, flip: bool = False, shift: int = 0, shift_copies: int = 1, seed: int = 0,
-           search: int = 0, search_sweeps: int = 1) -> dict:
+           search: int = 0, search_sweeps: int = 1, amp: bool | None = None) -> dict:
     """Encode a data set (or its seeded train/val split) into an index-grid file.
 
     With `flip`, the grids of the images mirrored left-right follow those of the images (twice the grids, labels
@@ -329,7 +357,9 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     # equivariant nor working at pixel resolution), so every variant is encoded afresh
     variants = [picked, picked.flip(3)] if flip else [picked]
     copies = len(variants) * (1 + (shift_copies if shift else 0))
-    with SearchEncoder(model, -(-len(picked) // batch_size) * copies, search, search_sweeps) as encoder:
+    dev = next(model.parameters()).device
+    with SearchEncoder(model, -(-len(picked) // batch_size) * copies, search, search_sweeps) as encoder, \
+            autocast(dev, inference_amp(dev, amp)):
         codes = [_encode_all(encoder, v, batch_size) for v in variants]  # each (n, h, w)
         if shift:
             g = torch.Generator().manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -17,11 +18,12 @@ from vqgen.checkpoint import (KIND_PRIOR, CheckpointError, file_sha256, first_pr
                               save_tensors)
 from vqgen.codes import CodeSet, read_codes
 from vqgen.errors import CodesError, ConfigError
-from vqgen.runtime import autocast, init_distributed, resolve_device
+from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed, resolve_device
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
-                         check_unchanged, fingerprint, read_run_meta, resumed_config)
+                         check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
 
 WEIGHTS_FILE = "prior.safetensors"
+DEFAULT_LABEL_DROPOUT = 0.1  # Ho & Salimans' range (0.1-0.2); guidance then needs no second network
 SPLIT_SEED = 0
 LN2 = math.log(2)
 
@@ -75,7 +77,7 @@ def parse_prior_options(config_class, options: list[str]) -> dict:
     """Turn repeated `--opt key=value` strings into typed fields of the prior's config dataclass."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     hints = typing.get_type_hints(config_class)
-    reserved = {"num_codes", "height", "width", "num_classes"}
+    reserved = {"num_codes", "height", "width", "num_classes", "label_dropout"}
     out = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -103,7 +105,20 @@ class PriorObjective(nn.Module):
         super().__init__()
         self.prior = prior
 
+    def _drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each label becomes the null class with probability label_dropout (classifier-free guidance's training).
+
+        Under DDP every rank draws the global batch's numbers and keeps its share, as VQVAEObjective's
+        augmentation does: the random stream, and so the run, is the same for any number of processes."""
+        b, rank, world = labels.shape[0], 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        drop = (torch.rand(b * world, device=labels.device) < self.prior.config.label_dropout)[rank * b : (rank + 1) * b]
+        return torch.where(drop, torch.full_like(labels, self.prior.null_label), labels)
+
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None):
+        if labels is not None and self.prior.has_null_class:
+            labels = self._drop_labels(labels)
         loss = self.prior.loss(codes, labels)
         return loss, {"bits_per_code": loss.detach() / LN2}
 
@@ -111,20 +126,27 @@ class PriorObjective(nn.Module):
 @torch.no_grad()
 def evaluate_prior(prior: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 500,
                    amp: bool = False) -> dict:
-    """Held-out negative log-likelihood in bits per code."""
+    """Held-out negative log-likelihood in bits per code (given the labels; also given no class where the prior
+    has a null class)."""
     was = prior.training
     prior.eval()
     dev = next(prior.parameters()).device
-    total, n = 0.0, 0
-    for i in range(0, codes.shape[0], batch_size):
-        c = codes[i : i + batch_size].to(dev)
-        lab = labels[i : i + batch_size].to(dev) if labels is not None else None
-        with autocast(dev, amp):
-            lp = prior.log_prob(c, lab)
-        total += float(-lp.float().sum())
-        n += c.numel()
+    streams = {"val_bits_per_code": labels}
+    if labels is not None and getattr(prior, "has_null_class", False):
+        streams["val_bits_per_code_unconditional"] = torch.full_like(labels, prior.null_label)
+    out = {}
+    for key, lab_all in streams.items():
+        total, n = 0.0, 0
+        for i in range(0, codes.shape[0], batch_size):
+            c = codes[i : i + batch_size].to(dev)
+            lab = lab_all[i : i + batch_size].to(dev) if lab_all is not None else None
+            with autocast(dev, amp):
+                lp = prior.log_prob(c, lab)
+            total += float(-lp.float().sum())
+            n += c.numel()
+        out[key] = total / max(n, 1) / LN2
     prior.train(was)
-    return {"val_bits_per_code": total / max(n, 1) / LN2, "val_grids": codes.shape[0]}
+    return {**out, "val_grids": codes.shape[0]}
 
 
 def train_prior(
@@ -141,6 +163,8 @@ def train_prior(
     device: str = "auto",
     resume: bool = False,
     compile: bool = False,
+    threads: int | None = None,
+    label_dropout: float | None = None,
 ) -> dict:
     """Fit (or resume) a prior on an index-grid file; returns the held-out summary.
 
@@ -163,6 +187,7 @@ def train_prior(
         if prior_options:
             given = parse_prior_options(get_prior(stored_name).config_class, prior_options)
             check_unchanged({f"-o {k}": v for k, v in given.items()}, {f"-o {k}": v for k, v in cfg_dict.items()})
+        check_unchanged({"--label-dropout": label_dropout}, {"--label-dropout": cfg_dict.get("label_dropout", 0.0)})
         if val_codes is not None and stored_data["val_codes"] is None:
             raise ConfigError("--val-codes does not match the run being resumed, which holds out a split of --codes; "
                               "drop the option, or start a new run with another --out")
@@ -171,6 +196,7 @@ def train_prior(
         val_codes = stored_data["val_codes"] if val_codes is None else val_codes
         val_fraction = stored_data["val_fraction"]
         train_cfg = resumed_config(meta, overrides)
+        threads = resumed_speed(meta)["threads"] if threads is None else threads
     else:
         if codes_path is None:
             raise ConfigError("--codes is required (unless --resume)")
@@ -209,15 +235,40 @@ def train_prior(
     if stored_data is not None:
         check_same_data(stored_data, codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])), run_dir)
     if not resume:
+        if label_dropout is None:  # guidance needs a null class: on by default wherever the prior can have one
+            label_dropout = DEFAULT_LABEL_DROPOUT if conditional and cls.supports_null_class else 0.0
+        elif label_dropout > 0 and not conditional:
+            raise ConfigError("--label-dropout needs a class-conditional prior; these codes are trained unconditionally")
         cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options),
                     "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
-                    "num_classes": len(cs.class_names) if conditional else 0}
+                    "num_classes": len(cs.class_names) if conditional else 0, "label_dropout": float(label_dropout)}
     if epochs is not None:
         train_cfg.steps = max(1, math.ceil(epochs * tr_codes.shape[0] / train_cfg.batch_size))
 
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
     prior = cls(cls.config_class(**cfg_dict)).to(dev)
+    probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
+
+    def probe_step(amp: bool, _channels_last: bool):
+        p = copy.deepcopy(prior)
+        g = torch.Generator().manual_seed(0)
+        c = torch.randint(0, cs.num_codes, (probe_batch, cs.height, cs.width), generator=g).to(dev)
+        lab = torch.randint(0, p.config.num_classes, (probe_batch,), generator=g).to(dev) if p.config.num_classes else None
+
+        def step():
+            with autocast(dev, amp):
+                loss = p.loss(c, lab)
+            loss.backward()
+        return step
+
+    workload = f"prior:{prior_name}:{json.dumps(cfg_dict, sort_keys=True)}:b{probe_batch}"
+    speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, threads=threads, memory_format_matters=False,
+                         dist=dist)
+    train_cfg.amp = speed.amp
+    from vqgen import log
+
+    log.note(f"computing in {speed.describe()}")
     batches = TensorBatches((tr_codes.to(dev), tr_labels.to(dev) if tr_labels is not None else None),
                             train_cfg.batch_size, train_cfg.seed, dist)
     class_names = list(cs.class_names) if conditional else []
@@ -237,6 +288,7 @@ def train_prior(
         keep_best=KeepBest("val_bits_per_code", False,
                            lambda: save_prior(prior, run_dir / BEST_FILE, class_names, cs.vqvae_sha256))
         if va_codes.shape[0] else None,
+        speed=speed,
     )
     summary = trainer.fit(resume=resume)
     from vqgen.evaluate import code_usage

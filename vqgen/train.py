@@ -20,7 +20,7 @@ import torch.nn as nn
 from vqgen import log
 from vqgen.checkpoint import KIND_STATE, first_problem, load_tensors, meta_json, save_tensors
 from vqgen.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
-from vqgen.runtime import Dist, any_rank, autocast, barrier
+from vqgen.runtime import Dist, Speed, any_rank, autocast, barrier, inference_amp
 
 STATE_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -56,7 +56,7 @@ class TrainConfig:
     log_every: int = 50  # steps between metrics.jsonl records
     eval_every: int = 1000  # steps between held-out evaluations (0 = only at the end)
     checkpoint_every: int = 1000  # steps between checkpoints (always one at the end)
-    amp: bool = True  # bf16 autocast for the network (the quantiser stays fp32)
+    amp: bool | None = None  # bf16 autocast for the network (the quantiser stays fp32); None: runtime.choose_speed
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
@@ -182,6 +182,13 @@ def check_run_dir(run_dir: Path) -> None:
         raise CheckpointError(f"cannot write run folder {run_dir}: {p} is not writable; choose another --out")
 
 
+def resumed_speed(meta: dict[str, str]) -> dict:
+    """The settings a run computed with (its memory format and threads; amp is in its train config), so that a
+    resumed run keeps them and stays bit-exact. Runs from before they were recorded used channels_last."""
+    stored = json.loads(meta["speed"]) if "speed" in meta else {}
+    return {"channels_last": stored.get("channels_last", True), "threads": stored.get("threads")}
+
+
 def resumed_config(meta: dict[str, str], overrides: dict) -> TrainConfig:
     """The stored TrainConfig of a run, with the options given now (say a larger --steps) applied on top."""
     stored = json.loads(meta["train_config"])
@@ -241,8 +248,12 @@ class Trainer:
         compile: bool = False,
         resume_command: str | None = None,
         keep_best: KeepBest | None = None,
+        speed: Speed | None = None,
     ):
         cfg.validate()
+        if cfg.amp is None:  # a caller that measured nothing: what a forward-only command would use
+            cfg.amp = inference_amp(device, None)
+        self.speed = speed  # recorded in metrics.jsonl; the caller applied it to the network
         self.objective, self.batches, self.cfg = objective, batches, cfg
         self.run_dir, self.device, self.dist = Path(run_dir), device, dist
         self.run_meta = run_meta or {}  # model kind/config: stored in the state so --resume can rebuild it
@@ -302,6 +313,7 @@ class Trainer:
             "python_rng": _py_rng_to_json(random.getstate()),
             "world_size": self.dist.world_size,
             "best": self.best,
+            **self._speed_record(),
             **self.run_meta,
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -353,13 +365,12 @@ class Trainer:
             self.load_state()
             self._last_saved = self.step
             self._write_metrics({"event": "resume", "step": self.step, "time": time.time(),
-                                 "world_size": self.dist.world_size})
+                                 "world_size": self.dist.world_size, **self._speed_record()})
             log.note(f"resuming {self.run_dir} at step {self.step}")
         else:
             random.seed(cfg.seed)  # torch is seeded by the caller before it builds the model; Python's RNG here
-            self._write_metrics(
-                {"event": "config", "train": asdict(cfg), "world_size": self.dist.world_size, **self.run_meta}
-            )
+            self._write_metrics({"event": "config", "train": asdict(cfg), "world_size": self.dist.world_size,
+                                 **self._speed_record(), **self.run_meta})
         # every rank: torchrun starts its workers in their own session, so a Ctrl+C reaches them only as the
         # one SIGINT torchrun forwards to each; the ranks agree at the next step to stop (see _loop). SIGTERM
         # (kill, a batch scheduler's preemption, `timeout`) is treated the same: checkpoint, then stop.
@@ -373,6 +384,9 @@ class Trainer:
                 signal.signal(sig, handler)
         barrier(self.dist)  # every rank returns once rank 0 has written the final files
         return result
+
+    def _speed_record(self) -> dict:
+        return {"speed": asdict(self.speed)} if self.speed is not None else {}
 
     def _on_signal(self, signum, _frame):
         if self._stop_requested:  # a second signal: leave now, without the checkpoint

@@ -112,7 +112,9 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (b, 3, S, S) in [0, 1] -> index grid (b, S/4, S/4) int64."""
+        """x (b, 3, S, S) in [0, 1] (or uint8) -> index grid (b, S/4, S/4) int64."""
+        if x.dtype == torch.uint8:
+            x = x.to(next(self.parameters()).device).float() / 255
         z = self.encoder(x * 2 - 1).float()
         b, d, h, w = z.shape
         return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)

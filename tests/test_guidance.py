@@ -1,0 +1,121 @@
+"""Classifier-free guidance from the command line: label dropout trains a null class, sample --guidance uses it."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.test_cli_stage2 import TINY_OPTS, codes  # noqa: F401  (the module-scoped codes fixture)
+
+
+@pytest.fixture(scope="module")
+def priors(trained_vqvae, codes, tmp_path_factory):  # noqa: F811
+    """A tiny pixelcnn trained with the default label dropout, and one trained without."""
+    from typer.testing import CliRunner
+
+    from vqgen.cli import app
+
+    root = tmp_path_factory.mktemp("guidance")
+    out = {}
+    for name, extra in (("null", []), ("plain", ["--label-dropout", "0"])):
+        res = CliRunner().invoke(app, ["train-prior", "--codes", str(codes), *TINY_OPTS["pixelcnn"], "--out",
+                                       str(root / name), "--steps", "12", "--batch-size", "8", "--val-fraction",
+                                       "0.25", "--no-amp", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        out[name] = (root / name, json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def test_label_dropout_is_on_by_default_and_trains_a_null_class(priors):
+    from vqgen.stage2 import load_prior
+
+    run, summary = priors["null"]
+    assert math.isfinite(summary["val_bits_per_code_unconditional"])
+    prior, meta = load_prior(run / "prior.safetensors")
+    assert meta["config"]["label_dropout"] == 0.1 and prior.has_null_class and prior.null_label == 2
+    # the null class's row moved away from its seeded initial value: it received gradients
+    torch.manual_seed(0)
+    fresh = type(prior)(prior.config)
+    moved = [not torch.equal(l.cond.weight[2], f.cond.weight[2]) for l, f in zip(prior.layers, fresh.layers)]
+    assert all(moved)
+    plain, s = load_prior(priors["plain"][0] / "prior.safetensors")
+    assert not plain.has_null_class and plain.layers[0].cond.num_embeddings == 2
+    assert "val_bits_per_code_unconditional" not in priors["plain"][1]
+
+
+def test_label_dropout_replaces_labels_at_its_rate():
+    from priors import get_prior
+    from vqgen.stage2 import PriorObjective
+
+    cls = get_prior("pixelcnn")
+    prior = cls(cls.tiny_config(num_classes=3, label_dropout=0.3))
+    labels = torch.arange(20000) % 3
+    torch.manual_seed(0)
+    dropped = PriorObjective(prior)._drop_labels(labels)
+    null = dropped == prior.null_label
+    assert abs(null.double().mean().item() - 0.3) < 0.02
+    assert torch.equal(dropped[~null], labels[~null])  # the others are untouched
+
+
+def test_sample_guidance_default_and_explicit(cli, trained_vqvae, priors, tmp_path):
+    from vqgen.sampling import DEFAULT_GUIDANCE
+
+    vq = trained_vqvae["run"] / "vqvae.safetensors"
+    w = priors["null"][0] / "prior.safetensors"
+    base = ["sample", "--prior", w, "--vqvae", vq, "--n", "4", "--nrow", "2", "--json"]
+    s = json.loads(cli(*base, "--out", tmp_path / "a.png").stdout)
+    assert s["guidance"] == DEFAULT_GUIDANCE
+    cli(*base, "--out", tmp_path / "b.png", "--guidance", str(DEFAULT_GUIDANCE))
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    from vqgen.codes import read_codes
+
+    grids = {}
+    for w in ("0", "8"):  # a tiny prior's two streams differ little: a strong weight shows the difference
+        cli(*base[:5], "--n", "16", "--out", tmp_path / f"g{w}.png", "--guidance", w,
+            "--save-codes", tmp_path / f"g{w}.safetensors")
+        grids[w] = read_codes(tmp_path / f"g{w}.safetensors").codes
+    assert not torch.equal(grids["0"], grids["8"])
+    s = json.loads(cli(*base, "--out", tmp_path / "u.png", "--unconditional").stdout)
+    assert s["guidance"] == 0 and s["classes"] == []
+    # a prior without a null class samples without guidance by default
+    plain = priors["plain"][0] / "prior.safetensors"
+    s = json.loads(cli("sample", "--prior", plain, "--vqvae", vq, "--n", "2", "--out", tmp_path / "p.png",
+                       "--json").stdout)
+    assert s["guidance"] == 0
+
+
+@pytest.mark.parametrize("args,code,phrase", [
+    (["--guidance", "1"], 1, "null class"),  # on the prior trained without label dropout
+    (["--unconditional"], 1, "no null class"),
+    (["--guidance", "-1"], 2, "--guidance"),
+    (["--guidance", "nan"], 2, "--guidance"),
+    (["--guidance", "inf"], 2, "--guidance"),
+    (["--temperature", "nan"], 2, "--temperature"),
+])
+def test_guidance_refusals(cli, trained_vqvae, priors, tmp_path, args, code, phrase):
+    vq = trained_vqvae["run"] / "vqvae.safetensors"
+    plain = priors["plain"][0] / "prior.safetensors"
+    out = tmp_path / "x.png"
+    res = cli("sample", "--prior", plain, "--vqvae", vq, "--n", "2", "--out", out, *args, ok=False)
+    assert res.exit_code == code and phrase in res.output and "Traceback" not in res.output
+    if code == 1:
+        assert len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unconditional_with_class_is_refused(cli, trained_vqvae, priors, tmp_path):
+    vq = trained_vqvae["run"] / "vqvae.safetensors"
+    w = priors["null"][0] / "prior.safetensors"
+    res = cli("sample", "--prior", w, "--vqvae", vq, "--n", "2", "--out", tmp_path / "x.png", "--unconditional",
+              "--class", "0", ok=False)
+    assert res.exit_code == 1 and "--unconditional" in res.output
+
+
+def test_evaluate_reports_the_unconditional_figure(cli, trained_vqvae, priors, tmp_path):
+    vq = trained_vqvae["run"] / "vqvae.safetensors"
+    figures = tmp_path / "f.json"
+    cli("evaluate", "--vqvae", vq, "--prior", priors["null"][0] / "prior.safetensors", "--data",
+        trained_vqvae["data"], "--json", figures)
+    f = json.loads(figures.read_text())
+    assert math.isfinite(f["bits_per_code"]) and math.isfinite(f["bits_per_code_unconditional"])
