@@ -119,3 +119,23 @@ def test_evaluate_reports_the_unconditional_figure(cli, trained_vqvae, priors, t
         trained_vqvae["data"], "--json", figures)
     f = json.loads(figures.read_text())
     assert math.isfinite(f["bits_per_code"]) and math.isfinite(f["bits_per_code_unconditional"])
+
+
+def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_path):  # noqa: F811
+    """A prior trained without label dropout continues with it: every weight kept, the null row the mean class."""
+    from vqgen.stage2 import load_prior
+
+    plain_path = priors["plain"][0] / "prior.safetensors"
+    run = tmp_path / "grown"
+    cli("train-prior", "--codes", codes, "--init-from", plain_path, "--out", run, "--steps", "1", "--lr", "1e-12",
+        "--warmup", "0", "--batch-size", "8", "--val-fraction", "0.25", "--no-amp")
+    plain, _ = load_prior(plain_path)
+    grown, meta = load_prior(run / "prior.safetensors")
+    assert grown.has_null_class and meta["config"]["channels"] == plain.config.channels
+    for a, b in zip(plain.layers, grown.layers):
+        torch.testing.assert_close(b.cond.weight[:2], a.cond.weight, atol=1e-6, rtol=0)
+        torch.testing.assert_close(b.cond.weight[2], a.cond.weight.mean(0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(grown.embed.weight, plain.embed.weight, atol=1e-6, rtol=0)
+    res = cli("train-prior", "--codes", codes, "--init-from", plain_path, "--out", tmp_path / "bad", "--steps", "1",
+              "-o", "channels=8", ok=False)
+    assert res.exit_code == 1 and "channels" in res.output and not (tmp_path / "bad").exists()

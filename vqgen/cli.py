@@ -285,6 +285,7 @@ def train_prior(
     class_conditional: Optional[bool] = typer.Option(
         None, "--class-conditional/--unconditional", help="Condition on labels (default: when the codes have labels)."),
     label_dropout: Optional[float] = typer.Option(None, "--label-dropout", min=0.0, max=0.99, help="Chance a training label is replaced by a null class, so the prior also learns p(grid) and `sample --guidance` works (default 0.1 for class-conditional priors, 0 otherwise)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these prior weights (same prior and sizes; dropout and --label-dropout may change: a null class added starts at the mean class)."),
     val_codes: Optional[str] = typer.Option(None, "--val-codes", help="Held-out index-grid file (else a seeded split)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction when no --val-codes (default 0.05)."),
     device: str = DeviceOpt,
@@ -303,7 +304,7 @@ def train_prior(
                                  log_every=log_every, amp=amp)
     emit(run(codes, out, prior, opt, overrides, epochs=epochs, class_conditional=class_conditional,
              val_codes=val_codes, val_fraction=val_fraction, device=device, resume=resume, compile=compile,
-             threads=threads, label_dropout=label_dropout), as_json)
+             threads=threads, label_dropout=label_dropout, init_from=init_from), as_json)
 
 
 @app.command(epilog="Example: vqgen sample --n 64 --out grid.png --class cat --seed 1")

@@ -36,27 +36,63 @@ def save_prior(prior: nn.Module, path, class_names: list[str], vqvae_sha256: str
     save_tensors(path, prior.state_dict(), KIND_PRIOR, meta)
 
 
-def load_prior(path, device: torch.device | str = "cpu"):
-    """Rebuild a prior from its weights file; returns (prior in eval mode, metadata dict)."""
-    from priors import get_prior
-
+def load_prior_tensors(path) -> tuple[dict, dict]:
+    """A prior file's tensors and metadata (prior name, config, class names, VQ-VAE sha256), nothing built."""
     tensors, raw = load_tensors(path, KIND_PRIOR)
     name = raw.get("prior")
     if not name:
         raise CheckpointError(f"{path} names no prior in its metadata; it was not written by vqgen")
+    meta = {"prior": name, "config": meta_json(raw, "config", path), "class_names": meta_json(raw, "class_names", path),
+            "vqvae_sha256": raw.get("vqvae_sha256", "")}
+    return tensors, meta
+
+
+def load_prior(path, device: torch.device | str = "cpu"):
+    """Rebuild a prior from its weights file; returns (prior in eval mode, metadata dict)."""
+    from priors import get_prior
+
+    tensors, m = load_prior_tensors(path)
+    name, cfg = m["prior"], m["config"]
     try:
         cls = get_prior(name)
     except ConfigError as e:
         raise CheckpointError(f"{path} was written by a prior this installation lacks: {e}") from None
-    cfg = meta_json(raw, "config", path)
     try:
         prior = cls(cls.config_class(**cfg))
         prior.load_state_dict(tensors)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: weights do not match the {name} config ({first_problem(e)})") from None
-    meta = {"prior": name, "config": cfg, "class_names": meta_json(raw, "class_names", path),
-            "vqvae_sha256": raw.get("vqvae_sha256", ""), "sha256": file_sha256(path), "path": str(path)}
+    meta = {**m, "sha256": file_sha256(path), "path": str(path)}
     return prior.to(device).eval(), meta
+
+
+# fields a prior started from another may change: they shape training, not what the weights compute
+INIT_FREE_FIELDS = ("dropout", "label_dropout")
+
+
+@torch.no_grad()
+def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
+    """Load a trained prior's weights into `prior` (train-prior --init-from): same prior and sizes, but dropout and
+    label dropout may change; a class embedding that gains the null class keeps its rows and starts the null
+    row at their mean (the average class: a start for p(grid) that a few thousand steps refine)."""
+    cfg = asdict(prior.config)
+    for k, v in meta["config"].items():
+        if k not in INIT_FREE_FIELDS and cfg.get(k) != v:
+            raise ConfigError(f"--init-from {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
+                              f"only be started from one of the same shape (it may change only {', '.join(INIT_FREE_FIELDS)})")
+    own = prior.state_dict()
+    for k, new in own.items():
+        old = tensors.get(k)
+        if old is None:
+            raise ConfigError(f"--init-from {path} lacks the tensor {k}; it is not a {meta['prior']} of this shape")
+        if old.shape == new.shape:
+            new.copy_(old)
+        elif prior.has_null_class and old.dim() == 2 and old.shape[0] + 1 == new.shape[0] \
+                and old.shape[1:] == new.shape[1:]:
+            new[:-1] = old
+            new[-1] = old.mean(0)
+        else:
+            raise ConfigError(f"--init-from {path}: {k} is {tuple(old.shape)}, this run needs {tuple(new.shape)}")
 
 
 def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, h: int, w: int, what: str) -> None:
@@ -165,6 +201,7 @@ def train_prior(
     compile: bool = False,
     threads: int | None = None,
     label_dropout: float | None = None,
+    init_from: str | None = None,
 ) -> dict:
     """Fit (or resume) a prior on an index-grid file; returns the held-out summary.
 
@@ -176,6 +213,19 @@ def train_prior(
     run_dir = Path(run_dir)
     overrides = dict(train)
     stored_data = None
+    if resume and init_from is not None:
+        raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint (drop one)")
+    start = None
+    if init_from is not None:
+        start_tensors, start_meta = load_prior_tensors(init_from)
+        if prior_name is not None and prior_name != start_meta["prior"]:
+            raise ConfigError(f"--init-from {init_from} is a {start_meta['prior']} prior, not a {prior_name} one")
+        prior_name = start_meta["prior"]
+        # its sizes are the run's, unless -o says otherwise (then start_from says what does not fit)
+        prior_options = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in start_meta["config"].items()
+                         if k not in ("num_codes", "height", "width", "num_classes", "label_dropout", *INIT_FREE_FIELDS)] \
+            + list(prior_options)
+        start = (start_tensors, start_meta)
     if resume:
         meta = read_run_meta(run_dir, "prior")
         stored_data = json.loads(meta["data"])
@@ -247,7 +297,12 @@ def train_prior(
 
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
-    prior = cls(cls.config_class(**cfg_dict)).to(dev)
+    prior = cls(cls.config_class(**cfg_dict))
+    if start is not None:
+        if start[1]["vqvae_sha256"] and cs.vqvae_sha256 and start[1]["vqvae_sha256"] != cs.vqvae_sha256:
+            raise ConfigError(f"--init-from {init_from} learned the codes of another VQ-VAE than {codes_path}")
+        start_from(prior, init_from, start[1], start[0])
+    prior = prior.to(dev)
     probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
 
     def probe_step(amp: bool, _channels_last: bool):
@@ -279,6 +334,8 @@ def train_prior(
                  "sha256": codes_sha, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "num_train": int(tr_codes.shape[0]),
                  "num_val": int(va_codes.shape[0])},
     }
+    if init_from is not None:
+        run_meta["init_from"] = {"path": str(init_from), "sha256": file_sha256(init_from)}
     trainer = Trainer(
         PriorObjective(prior), batches, train_cfg, run_dir, dev, dist, run_meta=run_meta,
         export=lambda: save_prior(prior, run_dir / WEIGHTS_FILE, class_names, cs.vqvae_sha256),
