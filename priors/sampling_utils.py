@@ -2,7 +2,7 @@
 
 Every prior (built-in or plugin) samples through `draw`, so `--temperature/--top-k/--top-p/--seed` mean the
 same thing whichever prior is loaded, and a fast sampler and its naive reference consume the
-torch.Generator in exactly the same order (one `torch.multinomial(probs, 1)` per grid position).
+torch.Generator in exactly the same order (one uniform number per grid and position).
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def draw(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(n, K) logits -> (n,) long codes, one `torch.multinomial(probs, 1, generator=...)` call."""
+    """(n, K) logits -> (n,) long codes by inverse-CDF sampling: one uniform number per row.
+
+    torch.multinomial draws K exponentials per row (an (n, K) tensor of random numbers per position: ~12% of
+    the cached PixelCNN's sampling time at K=512); the inverse CDF needs n. The cumulative sum is in float64,
+    and the first code whose cumulative mass exceeds u is drawn, so a filtered (zero-probability) code never is."""
     probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.double().cumsum(-1)  # (n, K)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
