@@ -3,6 +3,7 @@
     python bench/sample_quality.py train-classifier DATA          # once; cached (see --classifier)
     python bench/sample_quality.py calibrate DATA [--vqvae V]      # real / reconstructed / blurred / noise rows
     python bench/sample_quality.py measure DATA [--vqvae V --prior P --guidance W --temperature T ...]
+    python bench/sample_quality.py sweep DATA --vqvae V --prior P [--guidances 0 1 2 --temperatures 0.9 1]
 
 DATA is the folder of CIFAR-10 training images (ImageFolder layout). Its fixed held-out split (2%, seed 0: the
 same 1,000 images every vqgen run holds out) is the only real data any figure is computed against; the
@@ -241,17 +242,20 @@ def calibrate(args) -> list[dict]:
     return rows
 
 
-def measure(args) -> dict:
+def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     import vqgen
 
-    clf = load_classifier(args.classifier)
-    xa, _, xb, _, names = heldout_halves(args.data)
-    refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
+    guidance = args.guidance if guidance is None else guidance
+    temperature = args.temperature if temperature is None else temperature
+    if clf is None:
+        clf = load_classifier(args.classifier)
+        xa, _, xb, _, _ = heldout_halves(args.data)
+        refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     n = refs[0].shape[0]
     t0 = time.perf_counter()
     images, labels = vqgen.generate(2 * n, vqvae=args.vqvae, prior=args.prior, seed=args.seed,
-                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                    guidance=args.guidance, batch_size=args.batch_size, return_labels=True)
+                                    temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+                                    guidance=guidance, batch_size=args.batch_size, return_labels=True)
     seconds = time.perf_counter() - t0
     f, p = embed(clf, images)
     if labels is None:
@@ -259,11 +263,20 @@ def measure(args) -> dict:
     else:
         labels = labels.cpu()
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
-    out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": args.guidance,
-           "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+    out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": guidance,
+           "temperature": temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
     return out
+
+
+def sweep(args) -> list[dict]:
+    """measure() over a grid of guidance weights x temperatures, one classifier and reference for all."""
+    clf = load_classifier(args.classifier)
+    xa, _, xb, _, _ = heldout_halves(args.data)
+    refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
+    return [measure(args, guidance=w, temperature=t, clf=clf, refs=refs)
+            for t in args.temperatures for w in args.guidances]
 
 
 def main() -> None:
@@ -276,11 +289,14 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: what vqgen's runtime picks for this machine)")
-    for name in ("calibrate", "measure"):
+    for name in ("calibrate", "measure", "sweep"):
         s = sub.add_parser(name)
         s.add_argument("data")
         s.add_argument("--vqvae", default=None)
-        if name == "measure":
+        if name == "sweep":
+            s.add_argument("--guidances", type=float, nargs="+", default=[0, 0.5, 1, 2, 3, 5])
+            s.add_argument("--temperatures", type=float, nargs="+", default=[0.9, 1.0])
+        if name in ("measure", "sweep"):
             s.add_argument("--prior", default=None)
             s.add_argument("--guidance", type=float, default=None)
             s.add_argument("--temperature", type=float, default=1.0)
@@ -301,7 +317,7 @@ def main() -> None:
             amp = native_bf16_cpu()
         train_classifier(args.data, args.classifier, args.epochs, args.batch_size, args.seed, amp)
         return
-    result = calibrate(args) if args.cmd == "calibrate" else measure(args)
+    result = {"calibrate": calibrate, "measure": measure, "sweep": sweep}[args.cmd](args)
     if args.json:
         with open(args.json, "a") as fh:
             for r in result if isinstance(result, list) else [result]:
