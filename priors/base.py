@@ -1,4 +1,5 @@
-"""The stage-2 plugin seam: the PriorConfig/Prior interface every prior implements, and the name registry.
+"""The stage-2 plugin seam: the PriorConfig/Prior interface every prior implements (the registry of names is
+priors.registry).
 
 A prior models a (H, W) grid of code indices in [0, K) autoregressively in raster order (row by row,
 left to right), optionally conditioned on a class label. train-prior, sample and evaluate only ever call
@@ -18,10 +19,6 @@ import torch.nn.functional as F
 
 from priors.sampling_utils import check_sampling_args, draw
 from vqgen.errors import ConfigError
-
-# one entry per registered prior: name -> class, and name -> where it came from ("built-in" or a distribution)
-_REGISTRY: dict[str, type["Prior"]] = {}
-_ORIGINS: dict[str, str] = {}
 
 Pick = Callable[[torch.Tensor], torch.Tensor]  # (n, K) logits of one position -> (n,) long codes
 
@@ -237,26 +234,6 @@ class Prior(nn.Module):
             for j in range(c.width):
                 codes[:, i, j] = pick(self.logits(codes, labels)[:, :, i, j])
         return codes
-
-
-def register_prior(name: str):
-    """Class decorator: make a Prior subclass available as get_prior(name)."""
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise ValueError(f"prior name must be a non-empty string without surrounding spaces, got {name!r}")
-
-    def deco(cls):
-        problem = prior_class_problem(cls)
-        if problem:
-            raise TypeError(f"cannot register {cls!r} as prior '{name}': {problem}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"prior name '{name}' is already registered ({_ORIGINS[name]})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        top = cls.__module__.split(".")[0]
-        _ORIGINS[name] = "built-in" if top == "priors" else top
-        return cls
-
-    return deco
 
 
 def prior_class_problem(obj) -> str | None:
