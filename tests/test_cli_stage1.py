@@ -149,7 +149,7 @@ def test_encode_shift_copies_are_different_translations(cli, trained_vqvae, tmp_
     for bad, msg in ((["--shift-copies", "9"], "--shift-copies must be between 1 and 8"),
                      (["--shift", "0", "--shift-copies", "2"], "give --shift N (N > 0) with it")):
         res = cli(*base, *bad, "--out", tmp_path / "bad.safetensors", ok=False)
-        assert res.exit_code == 1 and msg in res.output and not (tmp_path / "bad.safetensors").exists()
+        assert res.exit_code == 2 and msg in res.output and not (tmp_path / "bad.safetensors").exists()  # misuse
 
 def test_train_vqvae_resume_continues_to_more_steps(cli, image_folder, tmp_path):
     run = tmp_path / "run"

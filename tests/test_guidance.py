@@ -109,7 +109,7 @@ def test_unconditional_with_class_is_refused(cli, trained_vqvae, priors, tmp_pat
     w = priors["null"][0] / "prior.safetensors"
     res = cli("sample", "--prior", w, "--vqvae", vq, "--n", "2", "--out", tmp_path / "x.png", "--unconditional",
               "--class", "0", ok=False)
-    assert res.exit_code == 1 and "--unconditional" in res.output
+    assert res.exit_code == 2 and "--unconditional" in res.output  # misuse: the two exclude each other
 
 
 def test_evaluate_reports_the_unconditional_figure(cli, trained_vqvae, priors, tmp_path):

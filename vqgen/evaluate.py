@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vqgen import log
-from vqgen.errors import ConfigError
+from vqgen.errors import ConfigError, check_at_least, check_choice, check_fraction, check_positive
 
 LN2 = math.log(2.0)
 
@@ -309,18 +309,19 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
 
     With search > 1 the images' codes come from vqgen.search's decoder-aware search instead of the nearest codes."""
     from vqgen.data import load_images, split_indices
-    from vqgen.errors import ConfigError
-    from vqgen.search import SearchEncoder, check_search
-    from vqgen.stage1 import SPLIT_SEED, open_vqvae
+    from vqgen.errors import ConfigError, check_at_least, check_choice, check_fraction, check_positive
+    from vqgen.search import SearchEncoder, check_search, check_search_options
+    from vqgen.stage1 import SPLIT_SEED, SPLITS, open_vqvae
     from vqgen.stage2 import check_compatible, load_prior
     from vqgen.weights import shipped
 
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    if split not in ("train", "val", "all"):
-        raise ConfigError(f"--split must be train, val or all, got {split!r}")
+    check_positive("batch_size", batch_size)
+    check_choice("split", split, SPLITS)
+    check_fraction("val_fraction", val_fraction)
+    check_at_least("fid", fid, 0)
+    check_search_options(search, search_sweeps)
     model, vsha, vpath = open_vqvae(vqvae, device)
-    check_search(model, search, search_sweeps)
+    check_search(model, search)
     dev = next(model.parameters()).device
     p_model = p_meta = None
     if prior is None and vqvae is None:  # the shipped pair is evaluated together, when both are shipped
@@ -373,7 +374,7 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
             out["bits_per_code_unconditional"] = bits_per_code(nll_uncond / n_codes)
     if fid:
         if p_model is None:
-            raise ConfigError("--fid needs a prior to draw samples from; pass --prior")
+            raise ConfigError("{fid} needs a prior to draw samples from; pass {prior}")
         gen = torch.Generator(device=dev).manual_seed(seed)
         n_cls = p_model.config.num_classes
         samples = []

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from vqgen.errors import ConfigError
+from vqgen.errors import ConfigError, OptionError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -28,12 +28,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
+            raise ConfigError(f"{{device={name}}} was asked for but CUDA is not available here; use {{device=cpu}} or "
+                              "auto")
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ConfigError(f"{{device={name}}}: only {torch.cuda.device_count()} CUDA device(s) exist")
         return dev
-    raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    raise OptionError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", "device", name, "auto, cpu, cuda, cuda:N")
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -12,7 +12,7 @@ from priors.sampling_utils import check_sampling_args
 from vqgen import log
 from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
-from vqgen.errors import ConfigError
+from vqgen.errors import ConfigError, OptionError, check_positive
 from vqgen.images import make_grid, save_png
 
 # classifier-free guidance used when --guidance is not given, for priors with a null class (chosen by the
@@ -23,7 +23,7 @@ DEFAULT_GUIDANCE = 1.0
 def resolve_class(value: str | int, class_names: list[str], num_classes: int) -> int:
     """A class given by name or index -> its index, or an error listing the known classes."""
     if num_classes == 0:
-        raise ConfigError("this prior is unconditional; drop --class (or train one with --class-conditional)")
+        raise ConfigError("this prior is unconditional; drop {class_name} (or train one with {class_conditional=True})")
     names = class_names or [str(i) for i in range(num_classes)]
     value = str(value)
     if value in names:
@@ -76,13 +76,15 @@ def draw_samples(
     from vqgen.stage2 import check_compatible, load_prior
     from vqgen.weights import shipped
 
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ConfigError(f"--n must be a positive number of samples, got {n}")
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    check_sampling_args(temperature, top_k, top_p, as_options=True, guidance=guidance)  # before any model is loaded
+    check_positive("n", n)
+    check_positive("batch_size", batch_size)
+    check_sampling_args(temperature, top_k, top_p, guidance=guidance)  # before any model is loaded
     if unconditional and class_name is not None:
-        raise ConfigError("--unconditional draws without a class; drop --class (or --unconditional)")
+        raise OptionError("{unconditional=True} draws without a class; drop {class_name} (or {unconditional=True})",
+                          "unconditional")
+    if guidance and unconditional:
+        raise OptionError("{guidance} steers towards a class; {unconditional=True} draws without one: drop one of "
+                          "them", "guidance")
     dev = resolve_device(device)
     model_p, pmeta = load_prior(prior or shipped("prior"), dev)
     model_v, vsha, _ = open_vqvae(vqvae, str(dev))
@@ -91,13 +93,11 @@ def draw_samples(
     num_classes = model_p.config.num_classes
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if model_p.has_null_class and not unconditional else 0.0
-    elif guidance and unconditional:
-        raise ConfigError("--guidance steers towards a class; --unconditional draws without one: drop one of them")
     labels = None
     if unconditional:
         if not model_p.has_null_class:
-            why = "it is unconditional already: drop --unconditional" if not num_classes else \
-                "it has no null class (train it with --label-dropout 0.1); draw one class with --class"
+            why = "it is unconditional already: drop {unconditional=True}" if not num_classes else \
+                "it has no null class (train it with {label_dropout=0.1}); draw one class with {class_name}"
             raise ConfigError(f"this prior cannot draw without a class: {why}")
         labels = torch.full((n,), model_p.null_label, dtype=torch.long)
     elif class_name is not None:
@@ -130,6 +130,7 @@ def sample(
     **draw_options,
 ) -> dict:
     """Draw n samples and write a grid PNG (out ending in .png) or a folder of PNGs; optionally the grids."""
+    check_positive("nrow", nrow)
     out = Path(out)
     as_grid = out.suffix.lower() == ".png"
     check_parent(out)

@@ -14,16 +14,18 @@ import torch
 from vqgen import log
 from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
-from vqgen.errors import ConfigError, DataError
+from vqgen.errors import ConfigError, DataError, OptionError, check_at_least, check_choice, check_fraction, check_positive
 from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
 from vqgen.images import make_grid, save_png
 from vqgen.runtime import (PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first,
                            resolve_device)
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
+                         check_training_options,
                          check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
-from vqgen.search import SearchEncoder, check_search
+from vqgen.search import SearchEncoder, check_search, check_search_options
 from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae, shift_images
 
+SPLITS = ("train", "val", "all")
 SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
 WEIGHTS_FILE = "vqvae.safetensors"
 GRID_FILE = "reconstructions.png"
@@ -97,19 +99,26 @@ def train_vqvae(
     run_dir = Path(run_dir)
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
     given = asdict(model) if isinstance(model, VQVAEConfig) else {k: v for k, v in model.items() if v is not None}
+    replace(VQVAEConfig(), **given).validate()  # the values given, each judged alone, before any file is read
+    check_training_options(overrides, epochs)
+    check_positive("threads", threads)
+    check_fraction("val_fraction", val_fraction)
+    check_at_least("shift", shift, 0)
     if resume and init_from is not None:
-        raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint (drop one)")
+        raise OptionError("{init_from} starts a new run; a resumed run continues from its own checkpoint (drop one)",
+                          "init_from")
+    if data is None and not resume:
+        raise OptionError("{data} is required (unless {resume=True})", "data")
     stored_data = None
     if resume:
         meta = read_run_meta(run_dir, "vqvae")
         stored_model = json.loads(meta["vqvae_config"])
         stored_data = json.loads(meta["data"])
-        opt = lambda d: {"--" + k.replace("_", "-"): v for k, v in d.items()}
-        check_unchanged(opt(given), opt(stored_model))
+        check_unchanged(given, stored_model)
         stored_shift = stored_data.get("shift", 0)  # runs from before --shift existed did not shift
-        check_unchanged({"--val-fraction": val_fraction, "--flip/--no-flip": flip, "--shift": shift},
-                        {"--val-fraction": stored_data["val_fraction"], "--flip/--no-flip": stored_data["flip"],
-                         "--shift": stored_shift})
+        check_unchanged({"val_fraction": val_fraction, "flip": flip, "shift": shift},
+                        {"val_fraction": stored_data["val_fraction"], "flip": stored_data["flip"],
+                         "shift": stored_shift})
         model_cfg = VQVAEConfig.from_dict(stored_model)
         data = stored_data["spec"] if data is None else data
         val_fraction, flip, shift = stored_data["val_fraction"], stored_data["flip"], stored_shift
@@ -118,8 +127,6 @@ def train_vqvae(
         channels_last = kept["channels_last"] if channels_last is None else channels_last
         threads = kept["threads"] if threads is None else threads
     else:
-        if data is None:
-            raise ConfigError("--data is required (unless --resume)")
         base = VQVAEConfig()
         if init_from is not None:
             from vqgen.vqvae import read_vqvae_config
@@ -137,12 +144,9 @@ def train_vqvae(
         start, start_sha = load_vqvae(init_from)
         check_growable(start.config, model_cfg)
     if not resume and (run_dir / "checkpoint.safetensors").exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        raise ConfigError(f"{run_dir} already holds a run; pass {{resume=True}} to continue it or choose another "
+                          "{run_dir}")
     check_run_dir(run_dir)
-    if model_cfg.image_size % 4 or model_cfg.image_size <= 0:
-        raise ConfigError(f"--image-size must be a positive multiple of 4, got {model_cfg.image_size}")
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     train_cfg.validate()
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
@@ -241,8 +245,9 @@ def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -
 
 
 def _check_shift(shift: int, image_size: int) -> None:
-    if not 0 <= shift < image_size // 2:  # reflect padding must be narrower than the image
-        raise ConfigError(f"--shift must be between 0 and {image_size // 2 - 1} pixels, got {shift}")
+    check_at_least("shift", shift, 0)
+    if shift >= image_size // 2:  # reflect padding must be narrower than the image
+        raise ConfigError(f"{{shift}} must be between 0 and {image_size // 2 - 1} pixels, got {shift}")
 
 
 def _shift_tag(shift: int, copies: int, seed: int) -> str:
@@ -274,10 +279,11 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     With search > 1 each image's codes come from a decoder-aware search among that many nearest codes."""
     from vqgen.data import load_inputs
 
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    check_positive("batch_size", batch_size)
+    check_positive("nrow", nrow)
+    check_search_options(search, search_sweeps)
     model, _, path = open_vqvae(vqvae, device)
-    check_search(model, search, search_sweeps)
+    check_search(model, search)
     out = Path(out)
     if out.suffix.lower() == ".png":
         check_parent(out)
@@ -331,19 +337,21 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     """
     from vqgen.data import load_images, split_indices
 
-    if split not in ("train", "val", "all"):
-        raise ConfigError(f"--split must be train, val or all, got {split!r}")
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    model, sha, path = open_vqvae(vqvae, device)
-    check_search(model, search, search_sweeps)
-    _check_shift(shift, model.config.image_size)
+    check_choice("split", split, SPLITS)
+    check_fraction("val_fraction", val_fraction)
+    check_positive("batch_size", batch_size)
+    check_search_options(search, search_sweeps)
+    check_at_least("shift", shift, 0)
     side = 2 * shift + 1
     if shift_copies != 1 and not shift:
-        raise ConfigError("--shift-copies counts translated copies; give --shift N (N > 0) with it")
-    if shift and not 1 <= shift_copies < side * side:
-        raise ConfigError(f"--shift-copies must be between 1 and {side * side - 1} (the non-zero translations of up "
-                          f"to --shift {shift} pixels), got {shift_copies}")
+        raise OptionError("{shift_copies} counts translated copies; give {shift} N (N > 0) with it", "shift_copies")
+    if shift and not (isinstance(shift_copies, int) and 1 <= shift_copies < side * side):
+        raise OptionError(f"{{shift_copies}} must be between 1 and {side * side - 1} (the non-zero translations of "
+                          f"up to {{shift={shift}}} pixels), got {shift_copies}", "shift_copies", shift_copies,
+                          f"1 to {side * side - 1}")
+    model, sha, path = open_vqvae(vqvae, device)
+    check_search(model, search)
+    _check_shift(shift, model.config.image_size)
     out = Path(out)
     check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)

@@ -17,9 +17,10 @@ import torch.nn as nn
 from vqgen.checkpoint import (KIND_PRIOR, CheckpointError, file_sha256, first_problem, load_tensors, meta_json,
                               save_tensors)
 from vqgen.codes import CodeSet, read_codes
-from vqgen.errors import CodesError, ConfigError
+from vqgen.errors import CodesError, ConfigError, OptionError, check_fraction, check_positive
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed, resolve_device
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
+                         check_training_options,
                          check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
 
 WEIGHTS_FILE = "prior.safetensors"
@@ -78,13 +79,13 @@ def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
     cfg = asdict(prior.config)
     for k, v in meta["config"].items():
         if k not in INIT_FREE_FIELDS and cfg.get(k) != v:
-            raise ConfigError(f"--init-from {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
+            raise ConfigError(f"{{init_from}} {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
                               f"only be started from one of the same shape (it may change only {', '.join(INIT_FREE_FIELDS)})")
     own = prior.state_dict()
     for k, new in own.items():
         old = tensors.get(k)
         if old is None:
-            raise ConfigError(f"--init-from {path} lacks the tensor {k}; it is not a {meta['prior']} of this shape")
+            raise ConfigError(f"{{init_from}} {path} lacks the tensor {k}; it is not a {meta['prior']} of this shape")
         if old.shape == new.shape:
             new.copy_(old)
         elif prior.has_null_class and old.dim() == 2 and old.shape[0] + 1 == new.shape[0] \
@@ -92,7 +93,7 @@ def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
             new[:-1] = old
             new[-1] = old.mean(0)
         else:
-            raise ConfigError(f"--init-from {path}: {k} is {tuple(old.shape)}, this run needs {tuple(new.shape)}")
+            raise ConfigError(f"{{init_from}} {path}: {k} is {tuple(old.shape)}, this run needs {tuple(new.shape)}")
 
 
 def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, h: int, w: int, what: str) -> None:
@@ -110,7 +111,7 @@ def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, 
 
 # -- prior options ("key=value" strings -> typed config fields) --------------------------------------------------
 def parse_prior_options(config_class, options: list[str]) -> dict:
-    """Turn repeated `--opt key=value` strings into typed fields of the prior's config dataclass."""
+    """Turn `key=value` strings (train-prior -o) into typed fields of the prior's config dataclass."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     hints = typing.get_type_hints(config_class)
     reserved = {"num_codes", "height", "width", "num_classes", "label_dropout"}
@@ -212,14 +213,21 @@ def train_prior(
 
     run_dir = Path(run_dir)
     overrides = dict(train)
-    stored_data = None
+    check_training_options(overrides, epochs)
+    check_positive("threads", threads)
+    check_fraction("val_fraction", val_fraction)
+    check_fraction("label_dropout", label_dropout, low_open=False)
     if resume and init_from is not None:
-        raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint (drop one)")
+        raise OptionError("{init_from} starts a new run; a resumed run continues from its own checkpoint (drop one)",
+                          "init_from")
+    if codes_path is None and not resume:
+        raise OptionError("{codes_path} is required (unless {resume=True})", "codes_path")
+    stored_data = None
     start = None
     if init_from is not None:
         start_tensors, start_meta = load_prior_tensors(init_from)
         if prior_name is not None and prior_name != start_meta["prior"]:
-            raise ConfigError(f"--init-from {init_from} is a {start_meta['prior']} prior, not a {prior_name} one")
+            raise ConfigError(f"{{init_from}} {init_from} is a {start_meta['prior']} prior, not a {prior_name} one")
         prior_name = start_meta["prior"]
         # its sizes are the run's, unless -o says otherwise (then start_from says what does not fit)
         prior_options = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in start_meta["config"].items()
@@ -230,17 +238,18 @@ def train_prior(
         meta = read_run_meta(run_dir, "prior")
         stored_data = json.loads(meta["data"])
         stored_name, cfg_dict = meta["prior"], json.loads(meta["prior_config"])
-        check_unchanged({"--prior": prior_name, "--val-fraction": None if stored_data["val_codes"] else val_fraction,
-                         "--class-conditional/--unconditional": class_conditional},
-                        {"--prior": stored_name, "--val-fraction": stored_data["val_fraction"],
-                         "--class-conditional/--unconditional": cfg_dict["num_classes"] > 0})
+        check_unchanged({"prior_name": prior_name, "val_fraction": None if stored_data["val_codes"] else val_fraction,
+                         "class_conditional": class_conditional, "label_dropout": label_dropout},
+                        {"prior_name": stored_name, "val_fraction": stored_data["val_fraction"],
+                         "class_conditional": cfg_dict["num_classes"] > 0,
+                         "label_dropout": cfg_dict.get("label_dropout", 0.0)})
         if prior_options:
             given = parse_prior_options(get_prior(stored_name).config_class, prior_options)
-            check_unchanged({f"-o {k}": v for k, v in given.items()}, {f"-o {k}": v for k, v in cfg_dict.items()})
-        check_unchanged({"--label-dropout": label_dropout}, {"--label-dropout": cfg_dict.get("label_dropout", 0.0)})
+            check_unchanged({f"prior_options.{k}": v for k, v in given.items()},
+                            {f"prior_options.{k}": v for k, v in cfg_dict.items()})
         if val_codes is not None and stored_data["val_codes"] is None:
-            raise ConfigError("--val-codes does not match the run being resumed, which holds out a split of --codes; "
-                              "drop the option, or start a new run with another --out")
+            raise ConfigError("{val_codes} does not match the run being resumed, which holds out a split of "
+                              "{codes_path}; drop the option, or start a new run with another {run_dir}")
         prior_name, class_conditional = stored_name, cfg_dict["num_classes"] > 0
         codes_path = stored_data["codes"] if codes_path is None else codes_path
         val_codes = stored_data["val_codes"] if val_codes is None else val_codes
@@ -248,10 +257,9 @@ def train_prior(
         train_cfg = resumed_config(meta, overrides)
         threads = resumed_speed(meta)["threads"] if threads is None else threads
     else:
-        if codes_path is None:
-            raise ConfigError("--codes is required (unless --resume)")
         if (run_dir / "checkpoint.safetensors").exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            raise ConfigError(f"{run_dir} already holds a run; pass {{resume=True}} to continue it or choose another "
+                              "{run_dir}")
         check_run_dir(run_dir)
         prior_name = prior_name or DEFAULT_PRIOR
         val_fraction = 0.05 if val_fraction is None else val_fraction
@@ -261,7 +269,7 @@ def train_prior(
     cs = read_codes(codes_path)
     if class_conditional and cs.labels is None:
         raise ConfigError(f"{codes_path} has no labels, so a class-conditional prior cannot be trained; "
-                          "pass --unconditional")
+                          "pass {class_conditional=False}")
     conditional = cs.labels is not None and bool(cs.class_names) if class_conditional is None else class_conditional
     if val_codes:
         vs = read_codes(val_codes)
@@ -269,8 +277,6 @@ def train_prior(
             raise CodesError(f"{val_codes} does not match {codes_path} (K, grid shape or VQ-VAE differ)")
         tr_codes, tr_labels, va_codes, va_labels = cs.codes, cs.labels, vs.codes, vs.labels
     else:
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
         if len(cs) < 2:
             raise CodesError(f"{codes_path} holds {len(cs)} grid; at least 2 are needed (one is held out)")
         from vqgen.data import split_indices
@@ -288,7 +294,7 @@ def train_prior(
         if label_dropout is None:  # guidance needs a null class: on by default wherever the prior can have one
             label_dropout = DEFAULT_LABEL_DROPOUT if conditional and cls.supports_null_class else 0.0
         elif label_dropout > 0 and not conditional:
-            raise ConfigError("--label-dropout needs a class-conditional prior; these codes are trained unconditionally")
+            raise ConfigError("{label_dropout} needs a class-conditional prior; these codes are trained unconditionally")
         cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options),
                     "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
                     "num_classes": len(cs.class_names) if conditional else 0, "label_dropout": float(label_dropout)}
@@ -300,7 +306,7 @@ def train_prior(
     prior = cls(cls.config_class(**cfg_dict))
     if start is not None:
         if start[1]["vqvae_sha256"] and cs.vqvae_sha256 and start[1]["vqvae_sha256"] != cs.vqvae_sha256:
-            raise ConfigError(f"--init-from {init_from} learned the codes of another VQ-VAE than {codes_path}")
+            raise ConfigError(f"{{init_from}} {init_from} learned the codes of another VQ-VAE than {codes_path}")
         start_from(prior, init_from, start[1], start[0])
     prior = prior.to(dev)
     probe_batch = min(PROBE_BATCH, train_cfg.batch_size)

@@ -19,7 +19,8 @@ import torch.nn as nn
 
 from vqgen import log
 from vqgen.checkpoint import KIND_STATE, first_problem, load_tensors, meta_json, save_tensors
-from vqgen.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
+from vqgen.errors import (CheckpointError, ConfigError, DataError, Interrupted, OptionError, TrainingError,
+                          check_at_least, check_choice, check_positive)
 from vqgen.runtime import Dist, Speed, any_rank, autocast, barrier, inference_amp
 
 STATE_FILE = "checkpoint.safetensors"
@@ -42,6 +43,9 @@ class KeepBest:
         return best is None or (value > best if self.higher_is_better else value < best)
 
 
+LR_SCHEDULES = ("cosine", "constant")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 13_000  # optimiser steps in total (~30 min of the default VQ-VAE on a 2-core AVX-512 CPU)
@@ -59,13 +63,21 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast for the network (the quantiser stays fp32); None: runtime.choose_speed
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every"):
-            if getattr(self, name) <= 0:
-                raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise TrainingError(f"--lr must be positive, got {self.lr}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise TrainingError(f"--lr-schedule must be cosine or constant, got {self.lr_schedule!r}")
+        """Refuse a value no run can use (OptionError naming the field)."""
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            check_positive(name, getattr(self, name))
+        for name in ("warmup", "eval_every"):
+            check_at_least(name, getattr(self, name), 0)
+        check_positive("lr", self.lr, integer=False)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+
+
+def check_training_options(given: dict, epochs: float | None = None) -> None:
+    """The training options given (TrainConfig fields, None = not given) and `epochs`, each judged alone."""
+    TrainConfig(**{k: v for k, v in given.items() if v is not None}).validate()
+    check_positive("epochs", epochs, integer=False)
+    if epochs is not None and given.get("steps") is not None:
+        raise OptionError("give {steps} or {epochs}, not both", "epochs")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -88,7 +100,7 @@ class TensorBatches:
         self.tensors = tuple(t for t in tensors if t is not None)
         self.n = int(self.tensors[0].shape[0])
         if batch_size % dist.world_size:
-            raise TrainingError(f"--batch-size {batch_size} must be divisible by the {dist.world_size} processes")
+            raise ConfigError(f"{{batch_size={batch_size}}} must be divisible by the {dist.world_size} processes")
         self.batch_size = min(batch_size, self.n)
         self.batch_size -= self.batch_size % dist.world_size  # fewer examples than the batch: equal shares still
         if self.batch_size == 0:
@@ -154,9 +166,9 @@ def read_run_meta(run_dir: Path, kind: str | None = None) -> dict[str, str]:
     kind ("vqvae" / "prior"), when given, must match the run's: a prior run is not resumed by train-vqvae."""
     path = Path(run_dir) / STATE_FILE
     if not Path(run_dir).is_dir():
-        raise CheckpointError(f"cannot resume: {run_dir} does not exist; start a run there without --resume")
+        raise CheckpointError(f"cannot resume: {run_dir} does not exist; start a run there without {{resume=True}}")
     if not path.exists():
-        raise CheckpointError(f"cannot resume: {run_dir} holds no {STATE_FILE}; start a new run without --resume")
+        raise CheckpointError(f"cannot resume: {run_dir} holds no {STATE_FILE}; start a new run without {{resume=True}}")
     from vqgen.checkpoint import read_header
 
     _, meta = read_header(path)
@@ -179,7 +191,7 @@ def check_run_dir(run_dir: Path) -> None:
     if not p.is_dir():
         raise CheckpointError(f"cannot create run folder {run_dir}: {p} is a file, not a folder")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise CheckpointError(f"cannot write run folder {run_dir}: {p} is not writable; choose another --out")
+        raise CheckpointError(f"cannot write run folder {run_dir}: {p} is not writable; choose another {{run_dir}}")
 
 
 def resumed_speed(meta: dict[str, str]) -> dict:
@@ -197,19 +209,14 @@ def resumed_config(meta: dict[str, str], overrides: dict) -> TrainConfig:
 
 
 def check_unchanged(given: dict, stored: dict) -> None:
-    """On --resume, refuse an option that defines the run (model, data split) but differs from the run's: it
-    would otherwise be silently ignored. Keys are option names as typed ("--on/--off" for flags); None means
-    not given."""
-    for opt, value in given.items():
-        if value is None or opt not in stored or stored[opt] == value:
+    """On resume, refuse an option that defines the run (model, data split) but differs from the run's: it
+    would otherwise be silently ignored. Keys are option names; None means not given."""
+    for name, value in given.items():
+        if value is None or name not in stored or stored[name] == value:
             continue
-        if isinstance(value, bool):  # a flag pair, "--on/--off"
-            show = lambda v: opt.split("/")[0 if v else 1]
-        else:
-            show = lambda v: f"{opt} {v}"
-        raise ConfigError(f"{show(value)} does not match the run being resumed, which has {show(stored[opt])}; "
-                          "a resumed run keeps its model and data split: drop the option, or start a new run "
-                          "with another --out")
+        raise ConfigError(f"{{{name}={value}}} does not match the run being resumed, which has "
+                          f"{{{name}={stored[name]}}}; a resumed run keeps its model and data split: drop the "
+                          "option, or start a new run with another {run_dir}")
 
 
 def fingerprint(*tensors: torch.Tensor | None) -> str:
@@ -227,7 +234,7 @@ def check_same_data(stored: dict, now: str, where: str, run_dir: Path) -> None:
     then = stored.get("sha256")
     if then is not None and then != now:
         raise DataError(f"{where} is not the data the run in {run_dir} trained on (its contents differ); "
-                        "resume with the same data, or start a new run with another --out")
+                        "resume with the same data, or start a new run with another {run_dir}")
 
 
 class Trainer:
@@ -286,7 +293,7 @@ class Trainer:
         if self._last_saved is None:
             return "no checkpoint was written yet"
         return (f"the last good checkpoint (step {self._last_saved}) is in {self.run_dir}; "
-                "resume with --resume and a lower --lr")
+                "resume with {resume=True} and a lower {lr}")
 
     def save_state(self) -> None:
         state = self.objective.state_dict()

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqgen.quantizer import QuantizerOutput, VectorQuantizer
+from vqgen.errors import OptionError, check_choice, check_positive
+from vqgen.quantizer import GRADIENTS, QUANTIZERS, QuantizerOutput, VectorQuantizer
 
 
 @dataclass
@@ -31,6 +32,16 @@ class VQVAEConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Refuse a value no VQ-VAE can have (OptionError naming the field)."""
+        for name in ("image_size", "hidden", "res_blocks", "res_channels", "codebook_size", "code_dim"):
+            check_positive(name, getattr(self, name))
+        if self.image_size % 4:
+            raise OptionError(f"{{image_size}} must be a positive multiple of 4, got {self.image_size}", "image_size",
+                              self.image_size, "a positive multiple of 4")
+        check_choice("quantizer", self.quantizer, QUANTIZERS)
+        check_choice("gradient", self.gradient, GRADIENTS)
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQVAEConfig":
