@@ -33,7 +33,7 @@ def test_train_vqvae_writes_run_folder(trained_vqvae):
         assert (run / name).exists(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["event"] == "config" and records[0]["world_size"] == 1
-    assert records[0]["vqvae_config"]["codebook_size"] == 16
+    assert records[0]["vqvae_config"]["num_codes"] == 16
     assert any(r.get("event") == "eval" for r in records)
     for key in ("val_mse", "val_psnr", "codes_used", "perplexity", "images_per_s"):
         assert key in summary

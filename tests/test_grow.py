@@ -10,7 +10,7 @@ from vqgen.errors import ConfigError
 from vqgen.grow import grow_into
 from vqgen.vqvae import VQVAE, VQVAEConfig, load_vqvae
 
-SMALL = VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, codebook_size=16, code_dim=8)
+SMALL = VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, num_codes=16, code_dim=8)
 
 
 def _trained_like(cfg: VQVAEConfig) -> VQVAE:
@@ -60,7 +60,7 @@ def test_grown_model_can_learn_with_its_new_channels():
 
 
 @pytest.mark.parametrize("bad, phrase", [
-    (dict(codebook_size=32), "codebook_size"),  # the library names fields; the CLI spells them as flags
+    (dict(num_codes=32), "num_codes"),  # the library names fields; the CLI spells them as flags
     (dict(code_dim=4), "code_dim"),
     (dict(hidden=8), "shrink"),
     (dict(quantizer="vq"), "quantizer"),

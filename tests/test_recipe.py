@@ -37,7 +37,7 @@ def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     vq, prior = tree / "vqgen" / "weights" / "vqvae.safetensors", tree / "vqgen" / "weights" / "prior.safetensors"
     cfg = read_vqvae_config(vq)
-    assert (cfg.hidden, cfg.res_blocks, cfg.codebook_size) == (128, 2, 4096)  # the default network, 4,096 codes
+    assert (cfg.hidden, cfg.res_blocks, cfg.num_codes) == (128, 2, 4096)  # the default network, 4,096 codes
     assert read_header(prior)[1]["vqvae_sha256"] == file_sha256(vq)  # the prior learned the shipped VQ-VAE's codes
     figures = json.loads((runs / "evaluate-val.json").read_text())
     assert figures["vqvae"].endswith("vqgen/weights/vqvae.safetensors") and figures["codes_used"] >= 1

@@ -531,7 +531,7 @@ def f(trained_vqvae, codes, tmp_path_factory):
     model, _ = load_vqvae(ns.vq)
     cfg = model.config.to_dict()
     ns.vq_k32 = r / "vq_k32.safetensors"
-    save_vqvae(VQVAE(VQVAEConfig(**{**cfg, "codebook_size": 32})), ns.vq_k32)
+    save_vqvae(VQVAE(VQVAEConfig(**{**cfg, "num_codes": 32})), ns.vq_k32)
     ns.vq_g8 = r / "vq_g8.safetensors"
     save_vqvae(VQVAE(VQVAEConfig(**{**cfg, "image_size": 32})), ns.vq_g8)
     ns.vq_other = r / "vq_other.safetensors"  # same K and grid, other weights: another hash
@@ -545,7 +545,7 @@ def f(trained_vqvae, codes, tmp_path_factory):
     ns.vq_nocfg = r / "vq_nocfg.safetensors"
     save_file(sd, str(ns.vq_nocfg), metadata=meta)
     ns.vq_shape = r / "vq_shape.safetensors"  # config says K=32, tensors hold K=16
-    save_file(sd, str(ns.vq_shape), metadata={**meta, "config": json.dumps({**cfg, "codebook_size": 32})})
+    save_file(sd, str(ns.vq_shape), metadata={**meta, "config": json.dumps({**cfg, "num_codes": 32})})
     ns.vq_v2 = r / "vq_v2.safetensors"
     save_file(sd, str(ns.vq_v2), metadata={**meta, "format_version": "2", "config": json.dumps(cfg)})
 

@@ -14,7 +14,7 @@ from vqgen.vqvae import VQVAE, VQVAEConfig, load_vqvae
 @pytest.fixture(scope="module")
 def model_and_images():
     torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, codebook_size=16, code_dim=8))
+    model = VQVAE(VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, num_codes=16, code_dim=8))
     model.eval()
     return model, torch.rand(6, 3, 16, 16)
 

@@ -19,7 +19,7 @@ def test_shipped_weights_fit_and_belong_together():
     prior, meta = load_prior(prior_path)
     assert meta["prior"] == "pixelcnn"  # the default prior is what ships
     assert meta["vqvae_sha256"] == file_sha256(vq_path)
-    assert prior.config.num_codes == vqvae.config.codebook_size
+    assert prior.config.num_codes == vqvae.config.num_codes
     assert (prior.config.height, prior.config.width) == (vqvae.config.grid,) * 2
     assert len(meta["class_names"]) == prior.config.num_classes == 10
     assert "airplane" in meta["class_names"] and "truck" in meta["class_names"]
@@ -67,5 +67,5 @@ def test_evaluate_defaults_to_shipped_pair(cli, image_folder, tmp_path):
     out = tmp_path / "figures.json"
     cli("evaluate", "--data", image_folder, "--json", out)
     figures = json.loads(out.read_text())
-    assert figures["num_codes"] == load_vqvae(shipped("vqvae"))[0].config.codebook_size
+    assert figures["num_codes"] == load_vqvae(shipped("vqvae"))[0].config.num_codes
     assert figures["bits_per_code"] > 0 and figures["bits_per_dim"] > 0

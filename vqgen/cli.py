@@ -43,7 +43,7 @@ def _main(
 # how the library's parameter names are spelled on this command line (the rest: --name-with-dashes); the one
 # place that knows it, used for every error message (vqgen.errors: `{name}` / `{name=value}` in a message)
 FLAGS = {"class_name": "--class", "run_dir": "--out", "codes_path": "--codes", "prior_name": "--prior",
-         "prior_options": "-o"}
+         "prior_options": "-o", "num_codes": "--codebook-size"}
 FLAG_PAIRS = {"class_conditional": ("--class-conditional", "--unconditional"), "resume": ("--resume", "--resume")}
 
 
@@ -175,7 +175,7 @@ def train_vqvae(
     hidden: Optional[int] = typer.Option(None, "--hidden", help="Trunk channels (default 128)."),
     res_blocks: Optional[int] = typer.Option(None, "--res-blocks", help="Residual blocks in encoder and decoder (default 2)."),
     res_channels: Optional[int] = typer.Option(None, "--res-channels", help="Channels inside each residual block (default 32)."),
-    codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="K, number of codes (default 512)."),
+    num_codes: Optional[int] = typer.Option(None, "--codebook-size", "--num-codes", help="K, the codebook size: number of codes (default 512)."),
     code_dim: Optional[int] = typer.Option(None, "--code-dim", help="D, code vector size (default 64)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="Commitment loss weight (default 0.25)."),
     quantizer: Optional[str] = typer.Option(None, "--quantizer", help="ema (EMA codebook) | vq (codebook loss) (default ema)."),
@@ -196,7 +196,7 @@ def train_vqvae(
     from vqgen.stage1 import train_vqvae as run
 
     model = dict(image_size=image_size, hidden=hidden, res_blocks=res_blocks, res_channels=res_channels,
-                 codebook_size=codebook_size, code_dim=code_dim, beta=beta, quantizer=quantizer, gradient=gradient,
+                 num_codes=num_codes, code_dim=code_dim, beta=beta, quantizer=quantizer, gradient=gradient,
                  ema_decay=ema_decay)
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,

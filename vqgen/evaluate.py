@@ -332,7 +332,7 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
     if prior is not None:
         p_model, p_meta = load_prior(prior, dev)
         g = model.config.grid
-        check_compatible(p_model.config, vsha, p_meta["vqvae_sha256"], model.config.codebook_size, g, g, "the VQ-VAE")
+        check_compatible(p_model.config, vsha, p_meta["vqvae_sha256"], model.config.num_codes, g, g, "the VQ-VAE")
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
     idx = torch.arange(len(images))
     if split != "all":
@@ -340,7 +340,7 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
         idx = tr if split == "train" else va
     imgs = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
-    stats = RunningStats(model.config.codebook_size)
+    stats = RunningStats(model.config.num_codes)
     if p_model is not None and p_model.config.num_classes and labels is None:
         raise ConfigError(f"the prior is class-conditional but {data} has no labels")
     nll, nll_uncond, n_codes = 0.0, 0.0, 0
@@ -361,7 +361,7 @@ def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = 
                         nll_uncond -= float(p_model.log_prob(codes, torch.full_like(lab, p_model.null_label)).double().sum())
                 n_codes += codes.numel()
     s = stats.summary()
-    out = {"num_images": s["images"], "num_codes": model.config.codebook_size, "mse": s["mse"], "psnr": s["psnr"],
+    out = {"num_images": s["images"], "num_codes": model.config.num_codes, "mse": s["mse"], "psnr": s["psnr"],
            "ssim": s["ssim"], "codes_used": s["codes_used"], "perplexity": s["perplexity"],
            "unigram_entropy_bits": s["unigram_entropy_bits"]}
     if search > 1:

@@ -16,7 +16,7 @@ from vqgen.errors import ConfigError
 from vqgen.vqvae import VQVAE, ResBlock, VQVAEConfig
 
 # fields that fix what a code is; growing may change the others (hidden, res_blocks, res_channels, ...)
-SAME_FIELDS = ("image_size", "codebook_size", "code_dim", "quantizer")
+SAME_FIELDS = ("image_size", "num_codes", "code_dim", "quantizer")
 GROWABLE = ("hidden", "res_blocks", "res_channels")
 
 

@@ -89,7 +89,7 @@ def draw_samples(
     model_p, pmeta = load_prior(prior or shipped("prior"), dev)
     model_v, vsha, _ = open_vqvae(vqvae, str(dev))
     g = model_v.config.grid
-    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.codebook_size, g, g, "the VQ-VAE")
+    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
     num_classes = model_p.config.num_classes
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if model_p.has_null_class and not unconditional else 0.0

@@ -70,7 +70,7 @@ def check_search_options(search: int, sweeps: int) -> None:
 
 def check_search(model: VQVAE, search: int) -> None:
     """Refuse a search wider than the model's codebook (before any input is read or output written)."""
-    k = model.config.codebook_size
+    k = model.config.num_codes
     if search > k:
         raise ConfigError(f"{{search={search}}} is out of range: give 0 (nearest code) up to the codebook's {k} codes")
 

@@ -37,7 +37,7 @@ def evaluate_reconstruction(model: VQVAE, images: torch.Tensor, batch_size: int 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    stats = RunningStats(model.config.codebook_size, with_ssim=False)
+    stats = RunningStats(model.config.num_codes, with_ssim=False)
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size].to(device).float() / 255
         with autocast(device, amp):
@@ -47,7 +47,7 @@ def evaluate_reconstruction(model: VQVAE, images: torch.Tensor, batch_size: int 
     model.train(was_training)
     s = stats.summary()
     return {"val_mse": s["mse"], "val_psnr": s["psnr"], "codes_used": s["codes_used"],
-            "perplexity": s["perplexity"], "num_codes": model.config.codebook_size, "val_images": s["images"]}
+            "perplexity": s["perplexity"], "num_codes": model.config.num_codes, "val_images": s["images"]}
 
 
 @torch.no_grad()
@@ -112,14 +112,14 @@ def train_vqvae(
     stored_data = None
     if resume:
         meta = read_run_meta(run_dir, "vqvae")
-        stored_model = json.loads(meta["vqvae_config"])
+        stored_model = VQVAEConfig.from_dict(json.loads(meta["vqvae_config"]))  # runs before num_codes too
         stored_data = json.loads(meta["data"])
-        check_unchanged(given, stored_model)
+        check_unchanged(given, stored_model.to_dict())
         stored_shift = stored_data.get("shift", 0)  # runs from before --shift existed did not shift
         check_unchanged({"val_fraction": val_fraction, "flip": flip, "shift": shift},
                         {"val_fraction": stored_data["val_fraction"], "flip": stored_data["flip"],
                          "shift": stored_shift})
-        model_cfg = VQVAEConfig.from_dict(stored_model)
+        model_cfg = stored_model
         data = stored_data["spec"] if data is None else data
         val_fraction, flip, shift = stored_data["val_fraction"], stored_data["flip"], stored_shift
         train_cfg = resumed_config(meta, overrides)
@@ -382,7 +382,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     codes = torch.cat(codes)
     labels = labels.repeat(copies) if labels is not None else None
     searched = f"+search{search}x{search_sweeps}" if search > 1 else ""
-    cs = CodeSet(codes, model.config.codebook_size, labels, list(images.class_names), sha,
+    cs = CodeSet(codes, model.config.num_codes, labels, list(images.class_names), sha,
                  f"{images.source}#{split}" + ("+flip" if flip else "") + _shift_tag(shift, shift_copies, seed)
                  + searched)
     write_codes(out, cs)

@@ -18,7 +18,7 @@ class VQVAEConfig:
     hidden: int = 128  # channels of the full-resolution-of-codes trunk (encoder after downsampling, decoder before)
     res_blocks: int = 2  # residual blocks in the encoder and in the decoder
     res_channels: int = 32  # bottleneck channels inside each residual block
-    codebook_size: int = 512  # K, number of codes
+    num_codes: int = 512  # K, the codebook size: how many code vectors
     code_dim: int = 64  # D, dimension of each code vector
     beta: float = 0.25  # weight of the commitment loss ||z_e - sg[e]||^2
     quantizer: str = "ema"  # "ema": codebook moved by EMA of assigned vectors; "vq": codebook loss + Adam
@@ -35,7 +35,7 @@ class VQVAEConfig:
 
     def validate(self) -> None:
         """Refuse a value no VQ-VAE can have (OptionError naming the field)."""
-        for name in ("image_size", "hidden", "res_blocks", "res_channels", "codebook_size", "code_dim"):
+        for name in ("image_size", "hidden", "res_blocks", "res_channels", "num_codes", "code_dim"):
             check_positive(name, getattr(self, name))
         if self.image_size % 4:
             raise OptionError(f"{{image_size}} must be a positive multiple of 4, got {self.image_size}", "image_size",
@@ -45,6 +45,10 @@ class VQVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQVAEConfig":
+        """Rebuild from to_dict(); files written before the field was renamed call num_codes codebook_size."""
+        d = dict(d)
+        if "codebook_size" in d and "num_codes" not in d:
+            d["num_codes"] = d.pop("codebook_size")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -106,7 +110,7 @@ class VQVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.quantizer = VectorQuantizer(
-            config.codebook_size,
+            config.num_codes,
             config.code_dim,
             beta=config.beta,
             kind=config.quantizer,
