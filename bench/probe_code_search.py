@@ -22,9 +22,10 @@ import torch
 from safetensors.torch import save_file
 
 from vqgen.data import load_images, split_indices
-from vqgen.evaluate import mse, psnr_from_mse
+from vqgen.metrics import mse, psnr_from_mse
 from vqgen.search import nearest_codes, search_codes
-from vqgen.stage1 import SPLIT_SEED, open_vqvae
+from vqgen.data import SPLIT_SEED
+from vqgen.vqvae import open_vqvae
 
 
 def main() -> None:

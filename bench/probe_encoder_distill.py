@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from vqgen.data import load_images, split_indices
-from vqgen.evaluate import mse, psnr_from_mse
-from vqgen.stage1 import SPLIT_SEED, open_vqvae
+from vqgen.metrics import mse, psnr_from_mse
+from vqgen.data import SPLIT_SEED
+from vqgen.vqvae import open_vqvae
 from vqgen.vqvae import save_vqvae
 
 

@@ -50,7 +50,7 @@ def test_resume_remembers_the_best_so_far(tmp_path):
 
 
 def test_train_vqvae_and_train_prior_keep_their_best_weights(trained_vqvae, cli, tmp_path):
-    from vqgen.stage2 import load_prior
+    from vqgen.prior_file import load_prior
     from vqgen.vqvae import load_vqvae
 
     run, s = trained_vqvae["run"], trained_vqvae["summary"]

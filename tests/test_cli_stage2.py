@@ -79,8 +79,8 @@ def test_train_prior_resume(cli, codes, tmp_path):
 
 def test_evaluate_figures_match_independent_computation(cli, trained_vqvae, codes, tmp_path):
     from vqgen.data import load_images
-    from vqgen.evaluate import ssim
-    from vqgen.stage2 import load_prior
+    from vqgen.metrics import ssim
+    from vqgen.prior_file import load_prior
     from vqgen.vqvae import load_vqvae
 
     vq = trained_vqvae["run"] / "vqvae.safetensors"

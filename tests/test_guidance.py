@@ -28,7 +28,7 @@ def priors(trained_vqvae, codes, tmp_path_factory):  # noqa: F811
 
 
 def test_label_dropout_is_on_by_default_and_trains_a_null_class(priors):
-    from vqgen.stage2 import load_prior
+    from vqgen.prior_file import load_prior
 
     run, summary = priors["null"]
     assert math.isfinite(summary["val_bits_per_code_unconditional"])
@@ -46,7 +46,7 @@ def test_label_dropout_is_on_by_default_and_trains_a_null_class(priors):
 
 def test_label_dropout_replaces_labels_at_its_rate():
     from priors import get_prior
-    from vqgen.stage2 import PriorObjective
+    from vqgen.commands.stage2 import PriorObjective
 
     cls = get_prior("pixelcnn")
     prior = cls(cls.tiny_config(num_classes=3, label_dropout=0.3))
@@ -123,7 +123,7 @@ def test_evaluate_reports_the_unconditional_figure(cli, trained_vqvae, priors, t
 
 def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_path):  # noqa: F811
     """A prior trained without label dropout continues with it: every weight kept, the null row the mean class."""
-    from vqgen.stage2 import load_prior
+    from vqgen.prior_file import load_prior
 
     plain_path = priors["plain"][0] / "prior.safetensors"
     run = tmp_path / "grown"

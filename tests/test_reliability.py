@@ -799,7 +799,7 @@ def test_pickle_under_any_name_is_never_unpickled(f, tmp_path):
     from vqgen.checkpoint import load_tensors
     from vqgen.codes import read_codes
     from vqgen.errors import VqgenError
-    from vqgen.stage2 import load_prior
+    from vqgen.prior_file import load_prior
     from vqgen.vqvae import load_vqvae
 
     for name in ("vqvae.safetensors", "prior.safetensors", "codes.safetensors", "model.pt", "checkpoint.safetensors",

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vqgen.checkpoint import file_sha256
-from vqgen.stage2 import load_prior
+from vqgen.prior_file import load_prior
 from vqgen.vqvae import load_vqvae
 from vqgen.weights import shipped
 

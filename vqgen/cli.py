@@ -193,7 +193,7 @@ def train_vqvae(
     as_json: bool = JsonOpt,
 ):
     """Train the VQ-VAE (stage 1) and report held-out PSNR and codebook usage."""
-    from vqgen.stage1 import train_vqvae as run
+    from vqgen.commands.stage1 import train_vqvae as run
 
     model = dict(image_size=image_size, hidden=hidden, res_blocks=res_blocks, res_channels=res_channels,
                  num_codes=num_codes, code_dim=code_dim, beta=beta, quantizer=quantizer, gradient=gradient,
@@ -224,7 +224,7 @@ def reconstruct(
     as_json: bool = JsonOpt,
 ):
     """Encode and decode images; print MSE and PSNR (pixels in [0, 1])."""
-    from vqgen.stage1 import reconstruct as run
+    from vqgen.commands.stage1 import reconstruct as run
 
     emit(run(vqvae, inputs, out, device=device, batch_size=batch_size, nrow=nrow, cache_dir=cache_dir,
              data_root=data_root, search=search, search_sweeps=search_sweeps, amp=amp), as_json)
@@ -252,7 +252,7 @@ def encode(
     as_json: bool = JsonOpt,
 ):
     """Encode images into an index-grid file (the input of train-prior)."""
-    from vqgen.stage1 import encode as run
+    from vqgen.commands.stage1 import encode as run
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
              data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, shift_copies=shift_copies, seed=seed,
@@ -290,7 +290,7 @@ def train_prior(
     as_json: bool = JsonOpt,
 ):
     """Fit an autoregressive prior (stage 2) on index grids; report held-out bits per code."""
-    from vqgen.stage2 import train_prior as run
+    from vqgen.commands.stage2 import train_prior as run
 
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
@@ -324,7 +324,7 @@ def sample(
     as_json: bool = JsonOpt,
 ):
     """Generate images: draw code grids from the prior and decode them with the VQ-VAE."""
-    from vqgen.sampling import sample as run
+    from vqgen.commands.sample import sample as run
 
     emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
              seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size, amp=amp,
@@ -366,31 +366,19 @@ def evaluate(
     cache_dir: Optional[str] = CacheOpt,
 ):
     """Reconstruction quality, codebook usage and prior likelihood on one image set."""
-    from vqgen.evaluate import evaluate_models
+    from vqgen.commands.evaluate import evaluate as run
 
-    if json_out is not None:
-        from vqgen.checkpoint import check_parent
-
-        check_parent(json_out)
-    figures = evaluate_models(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction,
-                              batch_size=batch_size, device=device, fid=fid, seed=seed, data_root=data_root,
-                              cache_dir=cache_dir, search=search, search_sweeps=search_sweeps, amp=amp)
-    if json_out is not None:
-        from vqgen.checkpoint import atomic_path
-
-        with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(figures, indent=2) + "\n")
+    figures = run(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction, batch_size=batch_size,
+                  device=device, fid=fid, seed=seed, data_root=data_root, cache_dir=cache_dir, search=search,
+                  search_sweeps=search_sweeps, amp=amp, json_out=json_out)
+    from rich.console import Console
     from rich.table import Table
-
-    from vqgen import log
 
     table = Table(title=f"vqgen evaluate: {data} ({split})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for k, v in figures.items():
         table.add_row(k, f"{v:.5g}" if isinstance(v, float) else str(v))
-    from rich.console import Console
-
     Console(highlight=False).print(table)
 
 

@@ -1,4 +1,4 @@
-"""The VQ-VAE of van den Oord et al. 2017: conv encoder -> vector quantiser -> conv decoder."""
+"""The VQ-VAE of van den Oord et al. 2017: conv encoder -> vector quantiser -> conv decoder; and its file."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqgen.errors import OptionError, check_choice, check_positive
+from vqgen.checkpoint import (KIND_VQVAE, file_sha256, first_problem, load_tensors, meta_json, read_meta,
+                              save_tensors)
+from vqgen.errors import CheckpointError, OptionError, check_choice, check_positive
 from vqgen.quantizer import GRADIENTS, QUANTIZERS, QuantizerOutput, VectorQuantizer
+from vqgen.runtime import resolve_device
+from vqgen.weights import shipped
 
 
 @dataclass
@@ -186,15 +190,11 @@ class VQVAEObjective(nn.Module):
 # -- weights files ------------------------------------------------------------------------------------------
 def save_vqvae(model: VQVAE, path) -> None:
     """Write weights with the config as JSON metadata, atomically."""
-    from vqgen.checkpoint import KIND_VQVAE, save_tensors
-
     save_tensors(path, model.state_dict(), KIND_VQVAE, {"config": model.config.to_dict()})
 
 
 def read_vqvae_config(path) -> VQVAEConfig:
     """The config stored in a VQ-VAE weights file."""
-    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, meta_json, read_meta
-
     meta = read_meta(path, KIND_VQVAE)  # the header only: the weights are loaded once, by whoever needs them
     try:
         return VQVAEConfig.from_dict(meta_json(meta, "config", path))
@@ -204,8 +204,6 @@ def read_vqvae_config(path) -> VQVAEConfig:
 
 def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
     """Rebuild a VQVAE from its weights file; returns (model in eval mode, sha256 of the file)."""
-    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, file_sha256, first_problem, load_tensors, meta_json
-
     tensors, meta = load_tensors(path, KIND_VQVAE)
     try:
         model = VQVAE(VQVAEConfig.from_dict(meta_json(meta, "config", path)))
@@ -213,3 +211,11 @@ def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: weights do not match their config ({first_problem(e)})") from None
     return model.to(device).eval(), file_sha256(path)
+
+
+def open_vqvae(path=None, device: str = "auto") -> tuple[VQVAE, str, str]:
+    """Load the given VQ-VAE, or the shipped one when path is None; returns (model, sha256, path).
+    `device` is a name: auto, cpu, cuda or cuda:N."""
+    path = path or shipped("vqvae")
+    model, sha = load_vqvae(path, resolve_device(str(device)))
+    return model, sha, str(path)

@@ -1,4 +1,4 @@
-"""Stage 2 as library calls: fit a registered prior on an index-grid file; save and load prior weights."""
+"""train-prior: fit a registered prior on an index-grid file (stage 2)."""
 
 from __future__ import annotations
 
@@ -14,99 +14,21 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vqgen.checkpoint import (KIND_PRIOR, CheckpointError, file_sha256, first_problem, load_tensors, meta_json,
-                              save_tensors)
-from vqgen.codes import CodeSet, read_codes
+from priors import DEFAULT_PRIOR, get_prior
+from vqgen import log
+from vqgen.checkpoint import file_sha256
+from vqgen.codes import read_codes
+from vqgen.data import SPLIT_SEED, split_indices
 from vqgen.errors import CodesError, ConfigError, OptionError, check_fraction, check_positive
-from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed, resolve_device
+from vqgen.metrics import LN2, code_usage
+from vqgen.prior_file import INIT_FREE_FIELDS, load_prior_tensors, save_prior, start_from
+from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
                          check_training_options,
                          check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
 
 WEIGHTS_FILE = "prior.safetensors"
 DEFAULT_LABEL_DROPOUT = 0.1  # Ho & Salimans' range (0.1-0.2); guidance then needs no second network
-SPLIT_SEED = 0
-LN2 = math.log(2)
-
-
-# -- prior files -----------------------------------------------------------------------------------------------
-def save_prior(prior: nn.Module, path, class_names: list[str], vqvae_sha256: str) -> None:
-    c = prior.config
-    meta = {"prior": prior.name, "config": asdict(c), "num_codes": c.num_codes, "height": c.height,
-            "width": c.width, "class_names": class_names, "vqvae_sha256": vqvae_sha256}
-    save_tensors(path, prior.state_dict(), KIND_PRIOR, meta)
-
-
-def load_prior_tensors(path) -> tuple[dict, dict]:
-    """A prior file's tensors and metadata (prior name, config, class names, VQ-VAE sha256), nothing built."""
-    tensors, raw = load_tensors(path, KIND_PRIOR)
-    name = raw.get("prior")
-    if not name:
-        raise CheckpointError(f"{path} names no prior in its metadata; it was not written by vqgen")
-    meta = {"prior": name, "config": meta_json(raw, "config", path), "class_names": meta_json(raw, "class_names", path),
-            "vqvae_sha256": raw.get("vqvae_sha256", "")}
-    return tensors, meta
-
-
-def load_prior(path, device: torch.device | str = "cpu"):
-    """Rebuild a prior from its weights file; returns (prior in eval mode, metadata dict)."""
-    from priors import get_prior
-
-    tensors, m = load_prior_tensors(path)
-    name, cfg = m["prior"], m["config"]
-    try:
-        cls = get_prior(name)
-    except ConfigError as e:
-        raise CheckpointError(f"{path} was written by a prior this installation lacks: {e}") from None
-    try:
-        prior = cls(cls.config_class(**cfg))
-        prior.load_state_dict(tensors)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: weights do not match the {name} config ({first_problem(e)})") from None
-    meta = {**m, "sha256": file_sha256(path), "path": str(path)}
-    return prior.to(device).eval(), meta
-
-
-# fields a prior started from another may change: they shape training, not what the weights compute
-INIT_FREE_FIELDS = ("dropout", "label_dropout")
-
-
-@torch.no_grad()
-def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
-    """Load a trained prior's weights into `prior` (train-prior --init-from): same prior and sizes, but dropout and
-    label dropout may change; a class embedding that gains the null class keeps its rows and starts the null
-    row at their mean (the average class: a start for p(grid) that a few thousand steps refine)."""
-    cfg = asdict(prior.config)
-    for k, v in meta["config"].items():
-        if k not in INIT_FREE_FIELDS and cfg.get(k) != v:
-            raise ConfigError(f"{{init_from}} {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
-                              f"only be started from one of the same shape (it may change only {', '.join(INIT_FREE_FIELDS)})")
-    own = prior.state_dict()
-    for k, new in own.items():
-        old = tensors.get(k)
-        if old is None:
-            raise ConfigError(f"{{init_from}} {path} lacks the tensor {k}; it is not a {meta['prior']} of this shape")
-        if old.shape == new.shape:
-            new.copy_(old)
-        elif prior.has_null_class and old.dim() == 2 and old.shape[0] + 1 == new.shape[0] \
-                and old.shape[1:] == new.shape[1:]:
-            new[:-1] = old
-            new[-1] = old.mean(0)
-        else:
-            raise ConfigError(f"{{init_from}} {path}: {k} is {tuple(old.shape)}, this run needs {tuple(new.shape)}")
-
-
-def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, h: int, w: int, what: str) -> None:
-    """Refuse a prior and codes/VQ-VAE that do not belong together, naming what differs."""
-    if prior_cfg.num_codes != num_codes:
-        raise ConfigError(f"the prior models K={prior_cfg.num_codes} codes but {what} has K={num_codes}")
-    if (prior_cfg.height, prior_cfg.width) != (h, w):
-        raise ConfigError(f"the prior models {prior_cfg.height}x{prior_cfg.width} grids but {what} has {h}x{w}")
-    if prior_sha and vqvae_sha and prior_sha != vqvae_sha:
-        raise ConfigError(
-            f"the prior was trained on codes of another VQ-VAE (sha256 {prior_sha[:12]}…, {what} is {vqvae_sha[:12]}…); "
-            "use the VQ-VAE it was trained with, or train a prior on codes from this one"
-        )
 
 
 # -- prior options ("key=value" strings -> typed config fields) --------------------------------------------------
@@ -209,8 +131,6 @@ def train_prior(
     None means "not given": the default for a new run, the run's own value on resume. On resume the code files
     may be given again (say, moved), but their contents must be the run's; a different prior, prior option,
     conditioning or held-out split is refused rather than ignored."""
-    from priors import DEFAULT_PRIOR, get_prior
-
     run_dir = Path(run_dir)
     overrides = dict(train)
     check_training_options(overrides, epochs)
@@ -279,8 +199,6 @@ def train_prior(
     else:
         if len(cs) < 2:
             raise CodesError(f"{codes_path} holds {len(cs)} grid; at least 2 are needed (one is held out)")
-        from vqgen.data import split_indices
-
         tr, va = split_indices(len(cs), val_fraction, SPLIT_SEED)
         lab = cs.labels
         tr_codes, va_codes = cs.codes[tr], cs.codes[va]
@@ -327,8 +245,6 @@ def train_prior(
     speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, threads=threads, memory_format_matters=False,
                          dist=dist)
     train_cfg.amp = speed.amp
-    from vqgen import log
-
     log.note(f"computing in {speed.describe()}")
     batches = TensorBatches((tr_codes.to(dev), tr_labels.to(dev) if tr_labels is not None else None),
                             train_cfg.batch_size, train_cfg.seed, dist)
@@ -354,8 +270,6 @@ def train_prior(
         speed=speed,
     )
     summary = trainer.fit(resume=resume)
-    from vqgen.evaluate import code_usage
-
     summary.update({"steps": trainer.step, "prior": prior_name, "class_conditional": conditional,
                     "unigram_entropy_bits": code_usage(tr_codes, cs.num_codes)["unigram_entropy_bits"],
                     "weights": str(run_dir / WEIGHTS_FILE)})

@@ -1,4 +1,5 @@
-"""Stage 1 as library calls: train a VQ-VAE, reconstruct images with it, encode images into index grids."""
+"""train-vqvae, reconstruct and encode: train a VQ-VAE (stage 1), reconstruct images with it, encode images
+into index grids."""
 
 from __future__ import annotations
 
@@ -14,19 +15,20 @@ import torch
 from vqgen import log
 from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
-from vqgen.errors import ConfigError, DataError, OptionError, check_at_least, check_choice, check_fraction, check_positive
-from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
+from vqgen.data import SPLIT_SEED, SPLITS, load_images, load_inputs, select_split, split_indices
+from vqgen.errors import (ConfigError, DataError, OptionError, check_at_least, check_choice, check_fraction,
+                          check_positive)
+from vqgen.grow import check_growable, grow_into
 from vqgen.images import make_grid, save_png
-from vqgen.runtime import (PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first,
-                           resolve_device)
+from vqgen.metrics import RunningStats, code_usage, psnr_from_mse
+from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first
+from vqgen.search import SearchEncoder, check_search, check_search_options
 from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
                          check_training_options,
                          check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
-from vqgen.search import SearchEncoder, check_search, check_search_options
-from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae, shift_images
+from vqgen.vqvae import (VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, open_vqvae, read_vqvae_config, save_vqvae,
+                         shift_images)
 
-SPLITS = ("train", "val", "all")
-SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
 WEIGHTS_FILE = "vqvae.safetensors"
 GRID_FILE = "reconstructions.png"
 
@@ -94,8 +96,6 @@ def train_vqvae(
     from `init_from`, from the run when resuming, else from VQVAEConfig(). On resume, `data` (None = where the
     run read it) may point to a new place, but its contents must be the run's; options that would change the
     model or the held-out split are refused rather than ignored."""
-    from vqgen.data import load_images, split_indices
-
     run_dir = Path(run_dir)
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
     given = asdict(model) if isinstance(model, VQVAEConfig) else {k: v for k, v in model.items() if v is not None}
@@ -129,8 +129,6 @@ def train_vqvae(
     else:
         base = VQVAEConfig()
         if init_from is not None:
-            from vqgen.vqvae import read_vqvae_config
-
             base = read_vqvae_config(init_from)
         model_cfg = replace(base, **given)
         val_fraction = 0.02 if val_fraction is None else val_fraction
@@ -139,8 +137,6 @@ def train_vqvae(
     _check_shift(shift, model_cfg.image_size)
     start = None
     if init_from is not None:
-        from vqgen.grow import check_growable
-
         start, start_sha = load_vqvae(init_from)
         check_growable(start.config, model_cfg)
     if not resume and (run_dir / "checkpoint.safetensors").exists():
@@ -167,8 +163,6 @@ def train_vqvae(
 
     model = VQVAE(model_cfg)
     if start is not None:
-        from vqgen.grow import grow_into
-
         grow_into(model, start)
     model = model.to(dev)
     probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
@@ -227,15 +221,6 @@ def _absolute(spec: str) -> str:
 
 
 # -- using a trained VQ-VAE --------------------------------------------------------------------------------
-def open_vqvae(path: str | None, device: str = "auto") -> tuple[VQVAE, str, str]:
-    """Load the given VQ-VAE, or the shipped one when path is None; returns (model, sha256, path)."""
-    from vqgen.weights import shipped
-
-    path = path or shipped("vqvae")
-    model, sha = load_vqvae(path, resolve_device(device))
-    return model, sha, str(path)
-
-
 @torch.no_grad()
 def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     device = next(encoder.model.parameters()).device
@@ -277,8 +262,6 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs.
 
     With search > 1 each image's codes come from a decoder-aware search among that many nearest codes."""
-    from vqgen.data import load_inputs
-
     check_positive("batch_size", batch_size)
     check_positive("nrow", nrow)
     check_search_options(search, search_sweeps)
@@ -335,8 +318,6 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     image's translations all different, give (1 + shift_copies) times the grids.
     With search > 1 the grids come from a decoder-aware search among that many nearest codes (vqgen.search).
     """
-    from vqgen.data import load_images, split_indices
-
     check_choice("split", split, SPLITS)
     check_fraction("val_fraction", val_fraction)
     check_positive("batch_size", batch_size)
@@ -355,10 +336,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     out = Path(out)
     check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
-    idx = torch.arange(len(images.images))
-    if split != "all":
-        tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
-        idx = tr if split == "train" else va
+    idx = select_split(len(images), split, val_fraction)
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
     # codes of a mirrored or shifted image are not the mirrored or shifted codes (the encoder is neither
