@@ -82,7 +82,7 @@ def test_cli_init_from_grows_and_inherits_the_rest(cli, trained_vqvae, tmp_path)
     # one step at a negligible LR: held-out PSNR is the source model's, not a fresh model's
     assert summary["val_psnr"] == pytest.approx(trained_vqvae["summary"]["val_psnr"], abs=0.05)
     # the run records where it started
-    from vqgen.train import read_run_meta
+    from vqgen.run import read_run_meta
 
     assert json.loads(read_run_meta(run, "vqvae")["init_from"])["path"] == str(src)
 

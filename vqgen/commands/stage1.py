@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import shlex
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -23,14 +21,11 @@ from vqgen.images import make_grid, save_png
 from vqgen.metrics import RunningStats, code_usage, psnr_from_mse
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first
 from vqgen.search import SearchEncoder, check_search, check_search_options
-from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
-                         check_training_options,
-                         check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
+from vqgen.run import GRID_FILE, RunFolder, check_unchanged, fingerprint
+from vqgen.train import KeepBest, Trainer, TensorBatches, TrainConfig, check_training_options
 from vqgen.vqvae import (VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, open_vqvae, read_vqvae_config, save_vqvae,
                          shift_images)
 
-WEIGHTS_FILE = "vqvae.safetensors"
-GRID_FILE = "reconstructions.png"
 
 
 @torch.no_grad()
@@ -96,7 +91,7 @@ def train_vqvae(
     from `init_from`, from the run when resuming, else from VQVAEConfig(). On resume, `data` (None = where the
     run read it) may point to a new place, but its contents must be the run's; options that would change the
     model or the held-out split are refused rather than ignored."""
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir, "vqvae")
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
     given = asdict(model) if isinstance(model, VQVAEConfig) else {k: v for k, v in model.items() if v is not None}
     replace(VQVAEConfig(), **given).validate()  # the values given, each judged alone, before any file is read
@@ -104,46 +99,29 @@ def train_vqvae(
     check_positive("threads", threads)
     check_fraction("val_fraction", val_fraction)
     check_at_least("shift", shift, 0)
-    if resume and init_from is not None:
-        raise OptionError("{init_from} starts a new run; a resumed run continues from its own checkpoint (drop one)",
-                          "init_from")
     if data is None and not resume:
         raise OptionError("{data} is required (unless {resume=True})", "data")
-    stored_data = None
-    if resume:
-        meta = read_run_meta(run_dir, "vqvae")
-        stored_model = VQVAEConfig.from_dict(json.loads(meta["vqvae_config"]))  # runs before num_codes too
-        stored_data = json.loads(meta["data"])
-        check_unchanged(given, stored_model.to_dict())
-        stored_shift = stored_data.get("shift", 0)  # runs from before --shift existed did not shift
-        check_unchanged({"val_fraction": val_fraction, "flip": flip, "shift": shift},
-                        {"val_fraction": stored_data["val_fraction"], "flip": stored_data["flip"],
+    run.begin(resume, init_from)
+    if run.resuming:
+        model_cfg = VQVAEConfig.from_dict(run.record("vqvae_config"))  # runs from before num_codes too
+        stored = run.record("data")
+        stored_shift = stored.get("shift", 0)  # runs from before --shift existed did not shift
+        check_unchanged({**given, "val_fraction": val_fraction, "flip": flip, "shift": shift},
+                        {**model_cfg.to_dict(), "val_fraction": stored["val_fraction"], "flip": stored["flip"],
                          "shift": stored_shift})
-        model_cfg = stored_model
-        data = stored_data["spec"] if data is None else data
-        val_fraction, flip, shift = stored_data["val_fraction"], stored_data["flip"], stored_shift
-        train_cfg = resumed_config(meta, overrides)
-        kept = resumed_speed(meta)
-        channels_last = kept["channels_last"] if channels_last is None else channels_last
-        threads = kept["threads"] if threads is None else threads
+        data = stored["spec"] if data is None else data
+        val_fraction, flip, shift = stored["val_fraction"], stored["flip"], stored_shift
     else:
-        base = VQVAEConfig()
-        if init_from is not None:
-            base = read_vqvae_config(init_from)
-        model_cfg = replace(base, **given)
+        model_cfg = replace(read_vqvae_config(init_from) if init_from is not None else VQVAEConfig(), **given)
         val_fraction = 0.02 if val_fraction is None else val_fraction
         flip, shift = bool(flip), shift or 0
-        train_cfg = TrainConfig(**overrides)
+    train_cfg = run.train_config(overrides)
+    channels_last, threads = run.speed_settings(channels_last, threads)
     _check_shift(shift, model_cfg.image_size)
     start = None
     if init_from is not None:
         start, start_sha = load_vqvae(init_from)
         check_growable(start.config, model_cfg)
-    if not resume and (run_dir / "checkpoint.safetensors").exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass {{resume=True}} to continue it or choose another "
-                          "{run_dir}")
-    check_run_dir(run_dir)
-    train_cfg.validate()
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
 
@@ -152,11 +130,10 @@ def train_vqvae(
     if len(images.images) < 2:
         raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
     data_sha = fingerprint(images.images, images.labels)
-    if stored_data is not None:
-        check_same_data(stored_data, data_sha, data, run_dir)
+    run.check_same_data(data_sha, data)
     tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
     if epochs is not None:
-        train_cfg.steps = max(1, math.ceil(epochs * len(tr) / train_cfg.batch_size))
+        train_cfg.train_for_epochs(epochs, len(tr))
     train_images = images.images[tr].to(dev)
     val_images = images.images[va]
     fixed = val_images[:32]
@@ -192,8 +169,8 @@ def train_vqvae(
     batches = TensorBatches((train_images,), train_cfg.batch_size, train_cfg.seed, dist)
 
     def export() -> None:
-        save_vqvae(model, run_dir / WEIGHTS_FILE)
-        save_png(reconstruction_grid(model, fixed), run_dir / GRID_FILE)
+        save_vqvae(model, run.weights)
+        save_png(reconstruction_grid(model, fixed), run.dir / GRID_FILE)
 
     run_meta = {
         "kind": "vqvae",
@@ -204,13 +181,12 @@ def train_vqvae(
     }
     if start is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}
-    keep_best = KeepBest("val_psnr", True, lambda: save_vqvae(model, run_dir / BEST_FILE)) if len(va) else None
-    trainer = Trainer(objective, batches, train_cfg, run_dir, dev, dist, run_meta=run_meta, export=export,
+    keep_best = KeepBest("val_psnr", True, lambda: save_vqvae(model, run.best)) if len(va) else None
+    trainer = Trainer(objective, batches, train_cfg, run, dev, dist, run_meta=run_meta, export=export,
                       evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
-                      describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best,
-                      resume_command=f"vqgen train-vqvae --out {shlex.quote(str(run_dir))} --resume", speed=speed)
-    summary = trainer.fit(resume=resume)
-    summary.update({"steps": trainer.step, "weights": str(run_dir / WEIGHTS_FILE)})
+                      describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best, speed=speed)
+    summary = trainer.fit(resume=run.resuming)
+    summary.update({"steps": trainer.step, "weights": str(run.weights)})
     return summary
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
-import shlex
 import typing
 from dataclasses import asdict
 from pathlib import Path
@@ -23,11 +21,9 @@ from vqgen.errors import CodesError, ConfigError, OptionError, check_fraction, c
 from vqgen.metrics import LN2, code_usage
 from vqgen.prior_file import INIT_FREE_FIELDS, load_prior_tensors, save_prior, start_from
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed
-from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
-                         check_training_options,
-                         check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
+from vqgen.run import RunFolder, check_unchanged, fingerprint
+from vqgen.train import KeepBest, Trainer, TensorBatches, check_training_options
 
-WEIGHTS_FILE = "prior.safetensors"
 DEFAULT_LABEL_DROPOUT = 0.1  # Ho & Salimans' range (0.1-0.2); guidance then needs no second network
 
 
@@ -131,18 +127,15 @@ def train_prior(
     None means "not given": the default for a new run, the run's own value on resume. On resume the code files
     may be given again (say, moved), but their contents must be the run's; a different prior, prior option,
     conditioning or held-out split is refused rather than ignored."""
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir, "prior")
     overrides = dict(train)
     check_training_options(overrides, epochs)
     check_positive("threads", threads)
     check_fraction("val_fraction", val_fraction)
     check_fraction("label_dropout", label_dropout, low_open=False)
-    if resume and init_from is not None:
-        raise OptionError("{init_from} starts a new run; a resumed run continues from its own checkpoint (drop one)",
-                          "init_from")
     if codes_path is None and not resume:
         raise OptionError("{codes_path} is required (unless {resume=True})", "codes_path")
-    stored_data = None
+    run.begin(resume, init_from)
     start = None
     if init_from is not None:
         start_tensors, start_meta = load_prior_tensors(init_from)
@@ -154,10 +147,9 @@ def train_prior(
                          if k not in ("num_codes", "height", "width", "num_classes", "label_dropout", *INIT_FREE_FIELDS)] \
             + list(prior_options)
         start = (start_tensors, start_meta)
-    if resume:
-        meta = read_run_meta(run_dir, "prior")
-        stored_data = json.loads(meta["data"])
-        stored_name, cfg_dict = meta["prior"], json.loads(meta["prior_config"])
+    if run.resuming:
+        stored_data = run.record("data")
+        stored_name, cfg_dict = run.stored["prior"], run.record("prior_config")
         check_unchanged({"prior_name": prior_name, "val_fraction": None if stored_data["val_codes"] else val_fraction,
                          "class_conditional": class_conditional, "label_dropout": label_dropout},
                         {"prior_name": stored_name, "val_fraction": stored_data["val_fraction"],
@@ -174,17 +166,11 @@ def train_prior(
         codes_path = stored_data["codes"] if codes_path is None else codes_path
         val_codes = stored_data["val_codes"] if val_codes is None else val_codes
         val_fraction = stored_data["val_fraction"]
-        train_cfg = resumed_config(meta, overrides)
-        threads = resumed_speed(meta)["threads"] if threads is None else threads
     else:
-        if (run_dir / "checkpoint.safetensors").exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass {{resume=True}} to continue it or choose another "
-                              "{run_dir}")
-        check_run_dir(run_dir)
         prior_name = prior_name or DEFAULT_PRIOR
         val_fraction = 0.05 if val_fraction is None else val_fraction
-        train_cfg = TrainConfig(**overrides)
-    train_cfg.validate()
+    train_cfg = run.train_config(overrides)
+    _, threads = run.speed_settings(None, threads)
     cls = get_prior(prior_name)
     cs = read_codes(codes_path)
     if class_conditional and cs.labels is None:
@@ -206,9 +192,8 @@ def train_prior(
     if not conditional:
         tr_labels = va_labels = None
     codes_sha = fingerprint(tr_codes, tr_labels, va_codes, va_labels)
-    if stored_data is not None:
-        check_same_data(stored_data, codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])), run_dir)
-    if not resume:
+    run.check_same_data(codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])))
+    if not run.resuming:
         if label_dropout is None:  # guidance needs a null class: on by default wherever the prior can have one
             label_dropout = DEFAULT_LABEL_DROPOUT if conditional and cls.supports_null_class else 0.0
         elif label_dropout > 0 and not conditional:
@@ -217,7 +202,7 @@ def train_prior(
                     "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
                     "num_classes": len(cs.class_names) if conditional else 0, "label_dropout": float(label_dropout)}
     if epochs is not None:
-        train_cfg.steps = max(1, math.ceil(epochs * tr_codes.shape[0] / train_cfg.batch_size))
+        train_cfg.train_for_epochs(epochs, tr_codes.shape[0])
 
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
@@ -259,18 +244,17 @@ def train_prior(
     if init_from is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": file_sha256(init_from)}
     trainer = Trainer(
-        PriorObjective(prior), batches, train_cfg, run_dir, dev, dist, run_meta=run_meta,
-        export=lambda: save_prior(prior, run_dir / WEIGHTS_FILE, class_names, cs.vqvae_sha256),
+        PriorObjective(prior), batches, train_cfg, run, dev, dist, run_meta=run_meta,
+        export=lambda: save_prior(prior, run.weights, class_names, cs.vqvae_sha256),
         evaluate=lambda: evaluate_prior(prior, va_codes, va_labels, amp=train_cfg.amp),
         describe_metrics=lambda m: {k: v.item() for k, v in m.items()}, compile=compile,
-        resume_command=f"vqgen train-prior --out {shlex.quote(str(run_dir))} --resume",
         keep_best=KeepBest("val_bits_per_code", False,
-                           lambda: save_prior(prior, run_dir / BEST_FILE, class_names, cs.vqvae_sha256))
+                           lambda: save_prior(prior, run.best, class_names, cs.vqvae_sha256))
         if va_codes.shape[0] else None,
         speed=speed,
     )
-    summary = trainer.fit(resume=resume)
+    summary = trainer.fit(resume=run.resuming)
     summary.update({"steps": trainer.step, "prior": prior_name, "class_conditional": conditional,
                     "unigram_entropy_bits": code_usage(tr_codes, cs.num_codes)["unigram_entropy_bits"],
-                    "weights": str(run_dir / WEIGHTS_FILE)})
+                    "weights": str(run.weights)})
     return summary
