@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from tests.test_cli_stage2 import TINY_OPTS, codes  # noqa: F401  (the module-scoped codes fixture)
+from tests.conftest import TINY_PRIOR
 
 
 @pytest.fixture(scope="module")
-def priors(trained_vqvae, codes, tmp_path_factory):  # noqa: F811
+def priors(trained_vqvae, codes, tmp_path_factory):
     """A tiny pixelcnn trained with the default label dropout, and one trained without."""
     from typer.testing import CliRunner
 
@@ -19,7 +19,7 @@ def priors(trained_vqvae, codes, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("guidance")
     out = {}
     for name, extra in (("null", []), ("plain", ["--label-dropout", "0"])):
-        res = CliRunner().invoke(app, ["train-prior", "--codes", str(codes), *TINY_OPTS["pixelcnn"], "--out",
+        res = CliRunner().invoke(app, ["train-prior", "--codes", str(codes), *TINY_PRIOR, "--out",
                                        str(root / name), "--steps", "12", "--batch-size", "8", "--val-fraction",
                                        "0.25", "--no-amp", "--json", *extra])
         assert res.exit_code == 0, res.output
@@ -121,7 +121,7 @@ def test_evaluate_reports_the_unconditional_figure(cli, trained_vqvae, priors, t
     assert math.isfinite(f["bits_per_code"]) and math.isfinite(f["bits_per_code_unconditional"])
 
 
-def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_path):  # noqa: F811
+def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_path):
     """A prior trained without label dropout continues with it: every weight kept, the null row the mean class."""
     from vqgen.prior_file import load_prior
 

@@ -47,7 +47,7 @@ def test_second_sweep_is_at_least_as_good(model_and_images):
     one, two = search_codes(model, x, 4, 1), search_codes(model, x, 4, 2)
     assert per_image_mse(model, x, two).mean() <= per_image_mse(model, x, one).mean()
 
-
+@pytest.mark.slow
 def test_cli_reconstruct_and_encode_with_search(cli, trained_vqvae, tmp_path):
     w, data = trained_vqvae["run"] / "vqvae.safetensors", trained_vqvae["data"]
     plain = json.loads(cli("reconstruct", "--vqvae", w, data, "--out", tmp_path / "a.png", "--json").stdout)

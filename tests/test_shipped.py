@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -24,7 +25,7 @@ def test_shipped_weights_fit_and_belong_together():
     assert len(meta["class_names"]) == prior.config.num_classes == 10
     assert "airplane" in meta["class_names"] and "truck" in meta["class_names"]
 
-
+@pytest.mark.slow
 def test_sample_with_no_weights_named(cli, tmp_path):
     """`vqgen sample --n N --out grid.png` works straight after install and is reproducible."""
     a, b = tmp_path / "a.png", tmp_path / "b.png"
@@ -36,7 +37,7 @@ def test_sample_with_no_weights_named(cli, tmp_path):
     pixels = torch.tensor(np.array(img.convert("L")), dtype=torch.float32)
     assert pixels.std() > 10  # decoded images, not a flat field
 
-
+@pytest.mark.slow
 def test_sample_says_which_classes_a_short_grid_shows(cli, tmp_path):
     """The conditional prior draws one class per row; a grid with fewer rows than classes says so."""
     res = cli("sample", "--n", 8, "--nrow", 4, "--out", tmp_path / "a.png", "--json")
