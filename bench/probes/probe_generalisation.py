@@ -1,10 +1,10 @@
 """Where the shipped VQ-VAE loses PSNR: training images against held-out ones, and whether augmented fine-tuning helps.
 
-    python bench/probe_generalisation.py DATA --n-train 10000          # PSNR on random training images vs held-out
-    python bench/probe_generalisation.py DATA --tune decoder --minutes 15
-    python bench/probe_generalisation.py DATA --tune all --minutes 15
-    python bench/probe_generalisation.py DATA --grow 256,6,128 --tune decoder --minutes 25 --lr 5e-4
-    python bench/probe_generalisation.py DATA --up-blocks 2 --tune decoder --minutes 15
+    python bench/probes/probe_generalisation.py DATA --n-train 10000          # PSNR on random training images vs held-out
+    python bench/probes/probe_generalisation.py DATA --tune decoder --minutes 15
+    python bench/probes/probe_generalisation.py DATA --tune all --minutes 15
+    python bench/probes/probe_generalisation.py DATA --grow 256,6,128 --tune decoder --minutes 25 --lr 5e-4
+    python bench/probes/probe_generalisation.py DATA --up-blocks 2 --tune decoder --minutes 15
 
 `--tune` fine-tunes a copy of the VQ-VAE for a fixed wall time with left-right flips and a random translation
 (reflect-padded, one shift per batch, up to --shift pixels), AdamW at --lr with warm-up and cosine decay over
