@@ -1,8 +1,9 @@
 """The error family the library raises, and the checks that raise it for a bad option value.
 
-A message names an option as `{name}` (the library's parameter name, e.g. `{batch_size}`), or as `{name=value}`
-for the option given that value. str() spells them as a Python caller passes them (`batch_size`,
-`flip=False`); the command line spells them as its flags (`--batch-size`, `--no-flip`), in vqgen.cli only.
+A message names an option as `{name}` (the library's parameter name, e.g. `{batch_size}`; `{group.key}` for
+a key of a dict or list option, e.g. `{prior_options.layers}`), or as `{name=value}` for the option given that
+value. str() spells them as a Python caller passes them (`batch_size`, `flip=False`); the command line spells
+them as its flags (`--batch-size`, `--no-flip`, `-o layers 5`), in vqgen.cli only.
 The CLI turns an OptionError into a usage error (exit 2) and every other VqgenError into one line and exit 1.
 """
 
@@ -16,6 +17,8 @@ _OPTION = re.compile(r"\{([a-z][a-z0-9_.]*)(?:=([^{}]*))?\}")
 
 
 def _as_called(name: str, value: str | None) -> str:
+    """How a Python caller writes the option: batch_size, flip=False; prior_options.layers=5 -> layers=5."""
+    name = name.rpartition(".")[2]
     return name if value is None else f"{name}={value}"
 
 

@@ -27,7 +27,6 @@ from vqgen.vqvae import (VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, open_vq
                          shift_images)
 
 
-
 @torch.no_grad()
 def evaluate_reconstruction(model: VQVAE, images: torch.Tensor, batch_size: int = 500, amp: bool = False) -> dict:
     """Held-out MSE / PSNR (pixels in [0, 1]) and codebook usage over uint8 images (n, 3, S, S)."""
@@ -206,7 +205,7 @@ def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -
 
 
 def _check_shift(shift: int, image_size: int) -> None:
-    check_at_least("shift", shift, 0)
+    """A shift (>= 0, checked with the other options) must fit the model's images."""
     if shift >= image_size // 2:  # reflect padding must be narrower than the image
         raise ConfigError(f"{{shift}} must be between 0 and {image_size // 2 - 1} pixels, got {shift}")
 

@@ -25,6 +25,8 @@ from vqgen.run import RunFolder, check_unchanged, fingerprint
 from vqgen.train import KeepBest, Trainer, TensorBatches, check_training_options
 
 DEFAULT_LABEL_DROPOUT = 0.1  # Ho & Salimans' range (0.1-0.2); guidance then needs no second network
+# prior config fields train-prior sets itself, from the codes and --label-dropout: never a -o option
+SET_BY_THE_RUN = ("num_codes", "height", "width", "num_classes", "label_dropout")
 
 
 # -- prior options ("key=value" strings -> typed config fields) --------------------------------------------------
@@ -32,7 +34,7 @@ def parse_prior_options(config_class, options: list[str]) -> dict:
     """Turn `key=value` strings (train-prior -o) into typed fields of the prior's config dataclass."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     hints = typing.get_type_hints(config_class)
-    reserved = {"num_codes", "height", "width", "num_classes", "label_dropout"}
+    reserved = set(SET_BY_THE_RUN)
     out = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -144,7 +146,7 @@ def train_prior(
         prior_name = start_meta["prior"]
         # its sizes are the run's, unless -o says otherwise (then start_from says what does not fit)
         prior_options = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in start_meta["config"].items()
-                         if k not in ("num_codes", "height", "width", "num_classes", "label_dropout", *INIT_FREE_FIELDS)] \
+                         if k not in (*SET_BY_THE_RUN, *INIT_FREE_FIELDS)] \
             + list(prior_options)
         start = (start_tensors, start_meta)
     if run.resuming:
