@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqgen.data import load_images, split_indices
-from vqgen.evaluate import frechet_distance, feature_stats
+from vqgen.metrics import frechet_distance, feature_stats
 
 SPLIT_SEED = 0  # vqgen's held-out split
 VAL_FRACTION = 0.02

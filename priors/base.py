@@ -1,4 +1,5 @@
-"""The stage-2 plugin seam: the PriorConfig/Prior interface every prior implements, and the name registry.
+"""The stage-2 plugin seam: the PriorConfig/Prior interface every prior implements (the registry of names is
+priors.registry).
 
 A prior models a (H, W) grid of code indices in [0, K) autoregressively in raster order (row by row,
 left to right), optionally conditioned on a class label. train-prior, sample and evaluate only ever call
@@ -17,11 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from priors.sampling_utils import check_sampling_args, draw
-from vqgen.errors import ConfigError
-
-# one entry per registered prior: name -> class, and name -> where it came from ("built-in" or a distribution)
-_REGISTRY: dict[str, type["Prior"]] = {}
-_ORIGINS: dict[str, str] = {}
+from vqgen.errors import ConfigError, check_positive
 
 Pick = Callable[[torch.Tensor], torch.Tensor]  # (n, K) logits of one position -> (n,) long codes
 
@@ -74,7 +71,7 @@ class Prior(nn.Module):
             raise ConfigError("label dropout needs a class-conditional prior; an unconditional one has no labels to drop")
         if ld > 0 and not type(self).supports_null_class:
             raise ConfigError(f"the {type(self).name or type(self).__name__} prior has no null class, so it cannot be "
-                              "trained with label dropout; use --label-dropout 0")
+                              "trained with label dropout; use {label_dropout=0}")
         try:
             json.dumps(asdict(config))
         except (TypeError, ValueError) as e:
@@ -191,13 +188,12 @@ class Prior(nn.Module):
         return self._sample(self.generate_naive, n, labels, temperature, top_k, top_p, generator, guidance)
 
     def _sample(self, gen_fn, n, labels, temperature, top_k, top_p, generator, guidance=None) -> torch.Tensor:
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ConfigError(f"number of samples must be a positive integer, got {n!r}")
+        check_positive("n", n)
         check_sampling_args(temperature, top_k, top_p, guidance=guidance)
         w = float(guidance or 0.0)
         if w and not self.has_null_class:
             raise ConfigError("guidance needs a class-conditional prior trained with label dropout (it has a null "
-                              "class); this one has none: drop --guidance, or train one with --label-dropout 0.1")
+                              "class); this one has none: drop {guidance}, or train one with {label_dropout=0.1}")
         dev = self.device
         if generator is not None and generator.device.type != dev.type:
             raise ConfigError(f"the torch.Generator is on {generator.device} but the prior is on {dev}; "
@@ -237,26 +233,6 @@ class Prior(nn.Module):
             for j in range(c.width):
                 codes[:, i, j] = pick(self.logits(codes, labels)[:, :, i, j])
         return codes
-
-
-def register_prior(name: str):
-    """Class decorator: make a Prior subclass available as get_prior(name)."""
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise ValueError(f"prior name must be a non-empty string without surrounding spaces, got {name!r}")
-
-    def deco(cls):
-        problem = prior_class_problem(cls)
-        if problem:
-            raise TypeError(f"cannot register {cls!r} as prior '{name}': {problem}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"prior name '{name}' is already registered ({_ORIGINS[name]})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        top = cls.__module__.split(".")[0]
-        _ORIGINS[name] = "built-in" if top == "priors" else top
-        return cls
-
-    return deco
 
 
 def prior_class_problem(obj) -> str | None:

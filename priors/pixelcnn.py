@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.base import Pick, Prior, PriorConfig, register_prior
+from priors.base import Pick, Prior, PriorConfig
 from vqgen.errors import ConfigError
 
 
@@ -86,7 +86,6 @@ class GatedLayer(nn.Module):
         return v_out, h + res, skip
 
 
-@register_prior("pixelcnn")
 class PixelCNN(Prior):
     config_class = PixelCNNConfig
     supports_null_class = True

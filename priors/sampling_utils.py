@@ -7,27 +7,18 @@ torch.Generator in exactly the same order (one uniform number per grid and posit
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from vqgen.errors import ConfigError
+from vqgen.errors import check_at_least, check_fraction, check_positive
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                        as_options: bool = False, guidance: float | None = None) -> None:
-    """Raise ConfigError for a filter setting that has no meaning (named --top-k etc. when as_options)."""
-    name = (lambda k: "--" + k.replace("_", "-")) if as_options else (lambda k: k)
-    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                                             and temperature > 0):
-        raise ConfigError(f"{name('temperature')} must be a finite positive number, got {temperature!r}")
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
-                                 or not math.isfinite(guidance) or guidance < 0):
-        raise ConfigError(f"{name('guidance')} must be a finite number >= 0 (0: no guidance), got {guidance!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-        raise ConfigError(f"{name('top_k')} must be a positive integer, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ConfigError(f"{name('top_p')} must be in (0, 1], got {top_p!r}")
+                        guidance: float | None = None) -> None:
+    """Raise OptionError for a filter setting that has no meaning."""
+    check_positive("temperature", temperature, integer=False)
+    check_at_least("guidance", guidance, 0, integer=False)
+    check_positive("top_k", top_k)
+    check_fraction("top_p", top_p, high_open=False)
 
 
 def filter_logits(

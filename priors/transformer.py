@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.base import Pick, Prior, PriorConfig, register_prior
+from priors.base import Pick, Prior, PriorConfig
 from vqgen.errors import ConfigError
 
 
@@ -66,7 +66,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-@register_prior("transformer")
 class Transformer(Prior):
     config_class = TransformerConfig
     supports_null_class = True

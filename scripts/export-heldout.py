@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from vqgen.data import load_images, split_indices
-from vqgen.stage1 import SPLIT_SEED
+from vqgen.data import SPLIT_SEED
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ ARCHIVE=${ARCHIVE:-../shared/data/cifar10-train-jpeg.tar.gz}
 VQ_LEGS=${VQ_LEGS:-"13000"}
 VQ_ARGS=${VQ_ARGS:-"--codebook-size 4096"}
 PRIOR_LEGS=${PRIOR_LEGS:-"3000"}
+PRIOR_ARGS=${PRIOR_ARGS:-""}  # prior options for a new run, e.g. "-o channels=128" (the shipped prior: the default)
 SEED=${SEED:-0}
 
 if [ ! -d "$DATA" ]; then
@@ -49,7 +50,7 @@ vqgen encode --vqvae "$RUN_ROOT/vq/vqvae.safetensors" --data "$DATA" --split val
 
 # stage 2: the default class-conditional gated PixelCNN
 for steps in $PRIOR_LEGS; do
-  stage prior "" vqgen train-prior --codes "$RUN_ROOT/codes-train.safetensors" --val-codes "$RUN_ROOT/codes-val.safetensors" \
+  stage prior "$PRIOR_ARGS" vqgen train-prior --codes "$RUN_ROOT/codes-train.safetensors" --val-codes "$RUN_ROOT/codes-val.safetensors" \
     --class-conditional -o dropout=0.2 --seed "$SEED" --steps "$steps" --json
 done
 

@@ -1,11 +1,19 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from typer.testing import CliRunner
 
 TINY_VQVAE_ARGS = ["--image-size", "16", "--hidden", "16", "--res-blocks", "1", "--res-channels", "8",
                    "--codebook-size", "16", "--code-dim", "8"]
+TINY_PRIOR_OPTS = {
+    "pixelcnn": ["-o", "channels=16", "-o", "layers=3", "-o", "kernel_size=3"],
+    "transformer": ["-o", "n_layer=1", "-o", "n_head=2", "-o", "n_embd=16"],
+}
+TINY_PRIOR = TINY_PRIOR_OPTS["pixelcnn"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,8 +60,6 @@ def image_folder(tmp_path):
 
 @pytest.fixture
 def cli():
-    from typer.testing import CliRunner
-
     from vqgen.cli import app
 
     runner = CliRunner()
@@ -70,8 +76,6 @@ def cli():
 @pytest.fixture(scope="session")
 def trained_vqvae(tmp_path_factory):
     """One tiny trained VQ-VAE run shared by the tests that only use its outputs."""
-    from typer.testing import CliRunner
-
     from vqgen.cli import app
 
     root = tmp_path_factory.mktemp("vq")
@@ -82,3 +86,51 @@ def trained_vqvae(tmp_path_factory):
                                    *TINY_VQVAE_ARGS])
     assert res.exit_code == 0, res.output
     return {"data": data, "run": run, "summary": json.loads(res.stdout.strip().splitlines()[-1]), "root": root}
+
+
+@pytest.fixture(scope="session")
+def codes(trained_vqvae):
+    """The index grids of every image of trained_vqvae's data (labelled: two classes), shared like it."""
+    from vqgen.cli import app
+
+    out = trained_vqvae["root"] / "codes.safetensors"
+    res = CliRunner().invoke(app, ["encode", "--vqvae", str(trained_vqvae["run"] / "vqvae.safetensors"),
+                                   "--data", str(trained_vqvae["data"]), "--split", "all", "--out", str(out),
+                                   "--cache-dir", str(trained_vqvae["root"] / "cache")])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+# -- for the tests of runs: one CPU thread, so that runs compare bit for bit -----------------------------------
+@pytest.fixture
+def one_thread():
+    torch.set_num_threads(1)  # bit-exact comparisons need the same thread count in every run; subprocesses too
+
+
+def invoke(*args):
+    """The CLI in this process, on one thread; returns the result whatever the exit code."""
+    from vqgen.cli import app
+
+    torch.set_num_threads(1)
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok(res):
+    assert res.exit_code == 0, f"exit {res.exit_code}: {res.output}\n{res.exception!r}"
+    return res
+
+
+def tensors_and_meta(path: Path) -> tuple[dict, dict]:
+    """Every tensor and the metadata of a safetensors file, read without vqgen."""
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def checkpoint_step(run: Path) -> int | None:
+    """The step of a run folder's checkpoint, None without one."""
+    from vqgen.checkpoint import read_header
+
+    try:
+        return int(read_header(run / "checkpoint.safetensors")[1]["step"])
+    except Exception:
+        return None

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from vqgen.checkpoint import file_sha256
-from vqgen.train import BEST_FILE, KeepBest, TensorBatches, TrainConfig, Trainer
+from vqgen.run import BEST_FILE, RunFolder
+from vqgen.train import KeepBest, TensorBatches, TrainConfig, Trainer
 
 
 class _Toy(nn.Module):
@@ -26,7 +27,7 @@ def _trainer(run, steps, figures, saved):
     cfg = TrainConfig(steps=steps, batch_size=4, lr=1e-2, warmup=0, eval_every=2, checkpoint_every=2, log_every=1,
                       amp=False)
     figures = iter(figures)
-    return Trainer(toy, TensorBatches((torch.randn(16, 3),), 4, 0), cfg, run, torch.device("cpu"),
+    return Trainer(toy, TensorBatches((torch.randn(16, 3),), 4, 0), cfg, RunFolder(run, "toy"), torch.device("cpu"),
                    evaluate=lambda: {"val_loss": next(figures)}, describe_metrics=lambda m: {"mse": m["mse"].item()},
                    keep_best=KeepBest("val_loss", False, lambda: saved.append(toy.w.detach().clone())))
 
@@ -50,7 +51,7 @@ def test_resume_remembers_the_best_so_far(tmp_path):
 
 
 def test_train_vqvae_and_train_prior_keep_their_best_weights(trained_vqvae, cli, tmp_path):
-    from vqgen.stage2 import load_prior
+    from vqgen.prior_file import load_prior
     from vqgen.vqvae import load_vqvae
 
     run, s = trained_vqvae["run"], trained_vqvae["summary"]

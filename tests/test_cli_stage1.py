@@ -33,7 +33,7 @@ def test_train_vqvae_writes_run_folder(trained_vqvae):
         assert (run / name).exists(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["event"] == "config" and records[0]["world_size"] == 1
-    assert records[0]["vqvae_config"]["codebook_size"] == 16
+    assert records[0]["vqvae_config"]["num_codes"] == 16
     assert any(r.get("event") == "eval" for r in records)
     for key in ("val_mse", "val_psnr", "codes_used", "perplexity", "images_per_s"):
         assert key in summary
@@ -149,7 +149,7 @@ def test_encode_shift_copies_are_different_translations(cli, trained_vqvae, tmp_
     for bad, msg in ((["--shift-copies", "9"], "--shift-copies must be between 1 and 8"),
                      (["--shift", "0", "--shift-copies", "2"], "give --shift N (N > 0) with it")):
         res = cli(*base, *bad, "--out", tmp_path / "bad.safetensors", ok=False)
-        assert res.exit_code == 1 and msg in res.output and not (tmp_path / "bad.safetensors").exists()
+        assert res.exit_code == 2 and msg in res.output and not (tmp_path / "bad.safetensors").exists()  # misuse
 
 def test_train_vqvae_resume_continues_to_more_steps(cli, image_folder, tmp_path):
     run = tmp_path / "run"

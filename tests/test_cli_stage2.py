@@ -7,28 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import TINY_PRIOR_OPTS as TINY_OPTS
 from vqgen.codes import read_codes
-
-TINY_OPTS = {
-    "pixelcnn": ["-o", "channels=16", "-o", "layers=3", "-o", "kernel_size=3"],
-    "transformer": ["-o", "n_layer=1", "-o", "n_head=2", "-o", "n_embd=16"],
-}
-
-
-@pytest.fixture(scope="module")
-def codes(trained_vqvae):
-    from typer.testing import CliRunner
-
-    from vqgen.cli import app
-
-    out = trained_vqvae["root"] / "codes.safetensors"
-    if not out.exists():
-        res = CliRunner().invoke(app, ["encode", "--vqvae", str(trained_vqvae["run"] / "vqvae.safetensors"),
-                                       "--data", str(trained_vqvae["data"]), "--split", "all", "--out", str(out),
-                                       "--cache-dir", str(trained_vqvae["root"] / "cache")])
-        assert res.exit_code == 0, res.output
-    return out
-
 
 @pytest.mark.parametrize("prior", sorted(TINY_OPTS))
 def test_train_prior_then_sample(cli, trained_vqvae, codes, tmp_path, prior):
@@ -79,8 +59,8 @@ def test_train_prior_resume(cli, codes, tmp_path):
 
 def test_evaluate_figures_match_independent_computation(cli, trained_vqvae, codes, tmp_path):
     from vqgen.data import load_images
-    from vqgen.evaluate import ssim
-    from vqgen.stage2 import load_prior
+    from vqgen.metrics import ssim
+    from vqgen.prior_file import load_prior
     from vqgen.vqvae import load_vqvae
 
     vq = trained_vqvae["run"] / "vqvae.safetensors"

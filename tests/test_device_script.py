@@ -8,10 +8,13 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_images
 from vqgen.vqvae import read_vqvae_config
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # runs the whole job twice
 
 
 def _run(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess:

@@ -110,7 +110,7 @@ def _records(run: Path) -> list[dict]:
 def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in _records(run) if "loss" in r]
 
-
+@pytest.mark.slow
 def test_vqvae_two_processes_match_one_process(ddp, cli, tmp_path):
     # the same global batch of 8 in one process: 5 steps, and 8 steps straight through (ddp: 5, then --resume)
     cli(*_vq_args(ddp, tmp_path / "one5", 5))
@@ -123,7 +123,7 @@ def test_vqvae_two_processes_match_one_process(ddp, cli, tmp_path):
     # logged figures are the global batch's (averaged over ranks), as one process logs them
     assert _losses(ddp / "vq")[:8] == pytest.approx(_losses(tmp_path / "one8"), abs=ATOL)
 
-
+@pytest.mark.slow
 def test_measured_speed_choice_is_shared_by_every_rank(ddp):
     """Every rank measures at once (the quantiser's collectives need them all) and takes rank 0's verdict."""
     assert _info(ddp, 5, 0)["exit_code"] == 0 and _info(ddp, 5, 1)["exit_code"] == 0
@@ -132,13 +132,13 @@ def test_measured_speed_choice_is_shared_by_every_rank(ddp):
     assert speed["threads"] == 1  # OMP_NUM_THREADS=1 is respected
     assert "measured now" in speed["how"] and speed["probe"]
 
-
+@pytest.mark.slow
 def test_ranks_stay_identical_through_dead_code_restarts(ddp):
     info = [_info(ddp, 2, r) for r in (0, 1)]
     assert info[0]["picks"] and info[0]["picks"] == info[1]["picks"]  # the same restarts on both ranks ...
     _assert_ranks_identical(ddp, 2)  # ... to the same rows
 
-
+@pytest.mark.slow
 def test_only_rank_0_writes_and_prints(ddp):
     run = ddp / "vq"
     assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "checkpoint.safetensors", "metrics.jsonl",
@@ -163,6 +163,7 @@ def test_only_rank_0_writes_and_prints(ddp):
     assert all(torch.equal(state["model." + k], v) for k, v in disk.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i,prior", [(3, "pixelcnn"), (4, "transformer")])
 def test_prior_two_processes_match_one_process(ddp, cli, tmp_path, i, prior):
     cli(*_prior_args(ddp, prior, tmp_path / "one"))
@@ -172,7 +173,7 @@ def test_prior_two_processes_match_one_process(ddp, cli, tmp_path, i, prior):
     recs = _records(ddp / prior)
     assert recs[0]["world_size"] == 2 and recs[0]["prior"] == prior
 
-
+@pytest.mark.slow
 def test_ctrl_c_under_torchrun_saves_once_and_stops_every_rank(tmp_path):
     """torchrun forwards one SIGINT to each worker; the ranks agree on a step, rank 0 saves, all exit."""
     import time

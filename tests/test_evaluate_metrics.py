@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqgen import evaluate as ev
+from vqgen import metrics as ev
 from vqgen.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ from vqgen.errors import ConfigError
 from vqgen.grow import grow_into
 from vqgen.vqvae import VQVAE, VQVAEConfig, load_vqvae
 
-SMALL = VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, codebook_size=16, code_dim=8)
+SMALL = VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, num_codes=16, code_dim=8)
 
 
 def _trained_like(cfg: VQVAEConfig) -> VQVAE:
@@ -60,8 +60,8 @@ def test_grown_model_can_learn_with_its_new_channels():
 
 
 @pytest.mark.parametrize("bad, phrase", [
-    (dict(codebook_size=32), "codebook-size"),
-    (dict(code_dim=4), "code-dim"),
+    (dict(num_codes=32), "num_codes"),  # the library names fields; the CLI spells them as flags
+    (dict(code_dim=4), "code_dim"),
     (dict(hidden=8), "shrink"),
     (dict(quantizer="vq"), "quantizer"),
 ])
@@ -82,7 +82,7 @@ def test_cli_init_from_grows_and_inherits_the_rest(cli, trained_vqvae, tmp_path)
     # one step at a negligible LR: held-out PSNR is the source model's, not a fresh model's
     assert summary["val_psnr"] == pytest.approx(trained_vqvae["summary"]["val_psnr"], abs=0.05)
     # the run records where it started
-    from vqgen.train import read_run_meta
+    from vqgen.run import read_run_meta
 
     assert json.loads(read_run_meta(run, "vqvae")["init_from"])["path"] == str(src)
 
@@ -105,7 +105,7 @@ def test_cli_init_from_with_resume_or_a_bad_file_is_refused(cli, trained_vqvae, 
     cli(*args, "--steps", "2")
     res = cli("train-vqvae", "--out", run, "--resume", "--steps", "4",
               "--init-from", trained_vqvae["run"] / "vqvae.safetensors", ok=False)
-    assert res.exit_code == 1 and "--init-from" in res.output
+    assert res.exit_code == 2 and "--init-from" in res.output  # misuse: the two exclude each other
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a weights file")
     res = cli(*args[:4], tmp_path / "r2", "--steps", "1", "--init-from", junk, ok=False)

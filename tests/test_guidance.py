@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from tests.test_cli_stage2 import TINY_OPTS, codes  # noqa: F401  (the module-scoped codes fixture)
+from tests.conftest import TINY_PRIOR
 
 
 @pytest.fixture(scope="module")
-def priors(trained_vqvae, codes, tmp_path_factory):  # noqa: F811
+def priors(trained_vqvae, codes, tmp_path_factory):
     """A tiny pixelcnn trained with the default label dropout, and one trained without."""
     from typer.testing import CliRunner
 
@@ -19,7 +19,7 @@ def priors(trained_vqvae, codes, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("guidance")
     out = {}
     for name, extra in (("null", []), ("plain", ["--label-dropout", "0"])):
-        res = CliRunner().invoke(app, ["train-prior", "--codes", str(codes), *TINY_OPTS["pixelcnn"], "--out",
+        res = CliRunner().invoke(app, ["train-prior", "--codes", str(codes), *TINY_PRIOR, "--out",
                                        str(root / name), "--steps", "12", "--batch-size", "8", "--val-fraction",
                                        "0.25", "--no-amp", "--json", *extra])
         assert res.exit_code == 0, res.output
@@ -28,7 +28,7 @@ def priors(trained_vqvae, codes, tmp_path_factory):  # noqa: F811
 
 
 def test_label_dropout_is_on_by_default_and_trains_a_null_class(priors):
-    from vqgen.stage2 import load_prior
+    from vqgen.prior_file import load_prior
 
     run, summary = priors["null"]
     assert math.isfinite(summary["val_bits_per_code_unconditional"])
@@ -46,7 +46,7 @@ def test_label_dropout_is_on_by_default_and_trains_a_null_class(priors):
 
 def test_label_dropout_replaces_labels_at_its_rate():
     from priors import get_prior
-    from vqgen.stage2 import PriorObjective
+    from vqgen.commands.stage2 import PriorObjective
 
     cls = get_prior("pixelcnn")
     prior = cls(cls.tiny_config(num_classes=3, label_dropout=0.3))
@@ -109,7 +109,7 @@ def test_unconditional_with_class_is_refused(cli, trained_vqvae, priors, tmp_pat
     w = priors["null"][0] / "prior.safetensors"
     res = cli("sample", "--prior", w, "--vqvae", vq, "--n", "2", "--out", tmp_path / "x.png", "--unconditional",
               "--class", "0", ok=False)
-    assert res.exit_code == 1 and "--unconditional" in res.output
+    assert res.exit_code == 2 and "--unconditional" in res.output  # misuse: the two exclude each other
 
 
 def test_evaluate_reports_the_unconditional_figure(cli, trained_vqvae, priors, tmp_path):
@@ -121,9 +121,9 @@ def test_evaluate_reports_the_unconditional_figure(cli, trained_vqvae, priors, t
     assert math.isfinite(f["bits_per_code"]) and math.isfinite(f["bits_per_code_unconditional"])
 
 
-def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_path):  # noqa: F811
+def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_path):
     """A prior trained without label dropout continues with it: every weight kept, the null row the mean class."""
-    from vqgen.stage2 import load_prior
+    from vqgen.prior_file import load_prior
 
     plain_path = priors["plain"][0] / "prior.safetensors"
     run = tmp_path / "grown"

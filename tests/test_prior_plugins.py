@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import priors
+import priors.registry
 import vqgen.log
 from priors import Prior, PriorConfig, get_prior, list_priors, register_prior, reset_plugins
 from tests.test_priors_contract import run_contract
@@ -87,15 +87,15 @@ def test_docs_example_is_discovered_and_passes_the_contract(tmp_path, monkeypatc
 def test_plugins_load_lazily_and_once(tmp_path, monkeypatch):
     install_docs_example(tmp_path, monkeypatch)
     calls = []
-    real = priors._entry_points
-    monkeypatch.setattr(priors, "_entry_points", lambda: calls.append(1) or real())
-    assert calls == [] and "mixprior" not in priors._REGISTRY  # nothing loaded until asked
+    real = priors.registry._entry_points
+    monkeypatch.setattr(priors.registry, "_entry_points", lambda: calls.append(1) or real())
+    assert calls == [] and "mixprior" not in priors.registry._REGISTRY  # nothing loaded until asked
     get_prior("pixelcnn")
     list_priors()
     get_prior("mixprior")
     assert calls == [1]
     reset_plugins()
-    assert "mixprior" not in priors._REGISTRY and "pixelcnn" in priors._REGISTRY
+    assert "mixprior" not in priors.registry._REGISTRY and "pixelcnn" in priors.registry._REGISTRY
     assert "mixprior" in list_priors() and calls == [1, 1]
 
 
@@ -151,7 +151,7 @@ def test_entry_point_listing_failure_is_one_warning(monkeypatch, warnings_seen):
     def fail():
         raise OSError("unreadable site-packages")
 
-    monkeypatch.setattr(priors, "_entry_points", fail)
+    monkeypatch.setattr(priors.registry, "_entry_points", fail)
     assert list_priors() == BUILTINS
     assert len(warnings_seen) == 1 and "unreadable site-packages" in warnings_seen[0]
 
@@ -164,7 +164,7 @@ def test_vqgen_no_plugins_turns_loading_off(tmp_path, monkeypatch, warnings_seen
     def must_not_run():
         raise AssertionError("entry points were read although VQGEN_NO_PLUGINS is set")
 
-    monkeypatch.setattr(priors, "_entry_points", must_not_run)
+    monkeypatch.setattr(priors.registry, "_entry_points", must_not_run)
     assert list_priors() == BUILTINS
     with pytest.raises(ConfigError, match="unknown prior 'mixprior'; known priors: pixelcnn, transformer"):
         get_prior("mixprior")

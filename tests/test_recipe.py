@@ -1,43 +1,58 @@
 """scripts/train-default.sh, the recipe behind the shipped weights, runs end to end (on tiny legs) and resumes.
 
 The script is copied into a scratch tree, so the weights it copies into vqgen/weights/ land there, not in the
-package. Its model sizes are the real defaults; only the step counts are tiny.
+package. It runs on tiny networks (VQ_ARGS, PRIOR_ARGS) and tiny step counts; that its defaults are the shipped
+network is read from the script itself.
 """
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import make_images
+import pytest
+
+from tests.conftest import TINY_PRIOR, TINY_VQVAE_ARGS, make_images
 from vqgen.checkpoint import file_sha256, read_header
-from vqgen.vqvae import read_vqvae_config
+from vqgen.vqvae import VQVAEConfig, read_vqvae_config
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "scripts" / "train-default.sh"
 
 
 def _run_recipe(tree: Path, data: Path, runs: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "PRIOR_LEGS": "2 3",
+           "VQ_ARGS": shlex.join(TINY_VQVAE_ARGS), "PRIOR_ARGS": shlex.join(TINY_PRIOR),
            "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(["bash", str(tree / "scripts" / "train-default.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
 
 
+def test_recipe_defaults_are_the_default_network_with_4096_codes():
+    """Without VQ_ARGS the recipe trains the CLI's default network with a 4,096-code codebook."""
+    default = re.search(r'^VQ_ARGS=\$\{VQ_ARGS:-"([^"]*)"\}', RECIPE.read_text(), re.M)
+    assert default and shlex.split(default.group(1)) == ["--codebook-size", "4096"]
+    assert (VQVAEConfig().hidden, VQVAEConfig().res_blocks) == (128, 2)
+
+
+@pytest.mark.slow
 def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
     tree = tmp_path / "tree"
     (tree / "scripts").mkdir(parents=True)
     (tree / "vqgen" / "weights").mkdir(parents=True)
-    shutil.copy(REPO / "scripts" / "train-default.sh", tree / "scripts")
-    data = make_images(tmp_path / "images", per_class=12, size=32)
+    shutil.copy(RECIPE, tree / "scripts")
+    data = make_images(tmp_path / "images", per_class=12, size=16)
     runs = tmp_path / "runs"
 
     res = _run_recipe(tree, data, runs)
     assert res.returncode == 0, res.stderr[-3000:]
     vq, prior = tree / "vqgen" / "weights" / "vqvae.safetensors", tree / "vqgen" / "weights" / "prior.safetensors"
     cfg = read_vqvae_config(vq)
-    assert (cfg.hidden, cfg.res_blocks, cfg.codebook_size) == (128, 2, 4096)  # the default network, 4,096 codes
+    assert (cfg.hidden, cfg.res_blocks, cfg.num_codes) == (16, 1, 16)  # the network VQ_ARGS asked for
     assert read_header(prior)[1]["vqvae_sha256"] == file_sha256(vq)  # the prior learned the shipped VQ-VAE's codes
     figures = json.loads((runs / "evaluate-val.json").read_text())
     assert figures["vqvae"].endswith("vqgen/weights/vqvae.safetensors") and figures["codes_used"] >= 1

@@ -14,7 +14,7 @@ from vqgen.vqvae import VQVAE, VQVAEConfig, load_vqvae
 @pytest.fixture(scope="module")
 def model_and_images():
     torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, codebook_size=16, code_dim=8))
+    model = VQVAE(VQVAEConfig(image_size=16, hidden=16, res_blocks=1, res_channels=8, num_codes=16, code_dim=8))
     model.eval()
     return model, torch.rand(6, 3, 16, 16)
 
@@ -47,7 +47,7 @@ def test_second_sweep_is_at_least_as_good(model_and_images):
     one, two = search_codes(model, x, 4, 1), search_codes(model, x, 4, 2)
     assert per_image_mse(model, x, two).mean() <= per_image_mse(model, x, one).mean()
 
-
+@pytest.mark.slow
 def test_cli_reconstruct_and_encode_with_search(cli, trained_vqvae, tmp_path):
     w, data = trained_vqvae["run"] / "vqvae.safetensors", trained_vqvae["data"]
     plain = json.loads(cli("reconstruct", "--vqvae", w, data, "--out", tmp_path / "a.png", "--json").stdout)

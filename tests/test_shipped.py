@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from vqgen.checkpoint import file_sha256
-from vqgen.stage2 import load_prior
+from vqgen.prior_file import load_prior
 from vqgen.vqvae import load_vqvae
 from vqgen.weights import shipped
 
@@ -19,12 +20,12 @@ def test_shipped_weights_fit_and_belong_together():
     prior, meta = load_prior(prior_path)
     assert meta["prior"] == "pixelcnn"  # the default prior is what ships
     assert meta["vqvae_sha256"] == file_sha256(vq_path)
-    assert prior.config.num_codes == vqvae.config.codebook_size
+    assert prior.config.num_codes == vqvae.config.num_codes
     assert (prior.config.height, prior.config.width) == (vqvae.config.grid,) * 2
     assert len(meta["class_names"]) == prior.config.num_classes == 10
     assert "airplane" in meta["class_names"] and "truck" in meta["class_names"]
 
-
+@pytest.mark.slow
 def test_sample_with_no_weights_named(cli, tmp_path):
     """`vqgen sample --n N --out grid.png` works straight after install and is reproducible."""
     a, b = tmp_path / "a.png", tmp_path / "b.png"
@@ -36,7 +37,7 @@ def test_sample_with_no_weights_named(cli, tmp_path):
     pixels = torch.tensor(np.array(img.convert("L")), dtype=torch.float32)
     assert pixels.std() > 10  # decoded images, not a flat field
 
-
+@pytest.mark.slow
 def test_sample_says_which_classes_a_short_grid_shows(cli, tmp_path):
     """The conditional prior draws one class per row; a grid with fewer rows than classes says so."""
     res = cli("sample", "--n", 8, "--nrow", 4, "--out", tmp_path / "a.png", "--json")
@@ -67,5 +68,5 @@ def test_evaluate_defaults_to_shipped_pair(cli, image_folder, tmp_path):
     out = tmp_path / "figures.json"
     cli("evaluate", "--data", image_folder, "--json", out)
     figures = json.loads(out.read_text())
-    assert figures["num_codes"] == load_vqvae(shipped("vqvae"))[0].config.codebook_size
+    assert figures["num_codes"] == load_vqvae(shipped("vqvae"))[0].config.num_codes
     assert figures["bits_per_code"] > 0 and figures["bits_per_dim"] > 0

@@ -137,7 +137,7 @@ def test_forcing_precision_overrides_auto(cli, tmp_path):
         rec = _records(run)[0]
         assert rec["speed"]["amp"] is amp and rec["train"]["amp"] is amp and "precision given" in rec["speed"]["how"]
 
-
+@pytest.mark.slow
 def test_sample_never_imports_torchvision(trained_vqvae, tmp_path, cli):
     codes = tmp_path / "c.safetensors"
     vq = trained_vqvae["run"] / "vqvae.safetensors"

@@ -1,3 +1,5 @@
+import json
+
 import torch
 
 from vqgen.train import TensorBatches
@@ -10,7 +12,7 @@ def blocky_images(n, size, seed=0):
     return torch.nn.functional.interpolate(small, scale_factor=4, mode="nearest").to(torch.uint8)
 
 
-TINY = dict(hidden=16, res_blocks=1, res_channels=8, codebook_size=16, code_dim=8)
+TINY = dict(hidden=16, res_blocks=1, res_channels=8, num_codes=16, code_dim=8)
 
 
 def test_shapes_for_any_multiple_of_four():
@@ -50,6 +52,16 @@ def test_weights_round_trip_restores_identical_outputs(tmp_path):
     assert torch.equal(m.encode(x), m2.encode(x))
     assert torch.equal(m.decode(m.encode(x)), m2.decode(m2.encode(x)))
     assert len(sha) == 64 and m2.config == m.config
+
+
+def test_files_name_the_codebook_size_num_codes_and_older_files_still_load(tmp_path):
+    """The codebook size is num_codes everywhere; files written before the rename call it codebook_size."""
+    from vqgen.checkpoint import read_header
+
+    save_vqvae(VQVAE(VQVAEConfig(image_size=16, **TINY)), tmp_path / "new.safetensors")
+    assert json.loads(read_header(tmp_path / "new.safetensors")[1]["config"])["num_codes"] == 16
+    old = {k if k != "num_codes" else "codebook_size": v for k, v in VQVAEConfig(**TINY).to_dict().items()}
+    assert VQVAEConfig.from_dict(old) == VQVAEConfig(**TINY)
 
 
 def test_batches_are_seeded_resumable_slices():

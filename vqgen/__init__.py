@@ -11,23 +11,23 @@ light for the command line:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from vqgen._version import __version__
+
 __all__ = ["load_vqvae", "load_prior", "generate", "__version__"]
 
 
 def load_vqvae(path=None, device="cpu"):
     """A trained VQ-VAE in eval mode (None: the shipped weights), with .encode(images) and .decode(codes)."""
-    from vqgen.stage1 import open_vqvae
+    from vqgen.vqvae import open_vqvae
 
-    return open_vqvae(None if path is None else str(path), str(device))[0]
+    return open_vqvae(path, device)[0]
 
 
 def load_prior(path=None, device="cpu"):
     """A trained prior in eval mode (None: the shipped weights), with .sample(n, labels=..., guidance=...)."""
-    from vqgen.stage2 import load_prior as load
-    from vqgen.weights import shipped
+    from vqgen.prior_file import open_prior
 
-    return load(shipped("prior") if path is None else path, device)[0]
+    return open_prior(path, device)[0]
 
 
 def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=1.0, top_k=None, top_p=None,

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from vqgen._version import __version__
 from vqgen.errors import CheckpointError
 
 FORMAT_VERSION = "1"
@@ -98,8 +99,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_tensors(path: str | os.PathLike, tensors: dict, kind: str, meta: dict[str, Any] | None = None) -> None:
     """Write tensors and metadata atomically; non-string metadata values are stored as JSON."""
     from safetensors.torch import save_file
-
-    from vqgen import __version__
 
     md = {"format": kind, "format_version": FORMAT_VERSION, "vqgen_version": __version__}
     for k, v in (meta or {}).items():

@@ -1,4 +1,5 @@
-"""The `vqgen` command line: options -> config -> one library call. Errors become one line and exit 1.
+"""The `vqgen` command line: options -> one call of a command module. Errors become one line and exit 1, misuse
+a usage message and exit 2 (friendly, the one place that maps them).
 
 Nothing heavy is imported at module level, so `vqgen --help` and shell completion answer instantly;
 torch and the library load inside each command.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -39,21 +39,54 @@ def _main(
     """Learn a discrete latent code for images (VQ-VAE) and generate new images from it."""
 
 
+# how the library's parameter names are spelled on this command line (the rest: --name-with-dashes); the one
+# place that knows it, used for every error message (vqgen.errors: `{name}` / `{name=value}` in a message)
+FLAGS = {"class_name": "--class", "run_dir": "--out", "codes_path": "--codes", "prior_name": "--prior",
+         "prior_options": "-o", "num_codes": "--codebook-size"}
+FLAG_PAIRS = {"class_conditional": ("--class-conditional", "--unconditional"), "resume": ("--resume", "--resume")}
+
+
+def spell(name: str, value: str | None = None) -> str:
+    """An option (and the value given to it) as typed here: batch_size -> --batch-size, flip=False -> --no-flip,
+    prior_options.layers=5 -> -o layers 5."""
+    group, _, key = name.rpartition(".")
+    if group:
+        flag = f"{FLAGS.get(group, '--' + group.replace('_', '-'))} {key}"
+    elif value in ("True", "False"):
+        dashed = name.replace("_", "-")
+        on, off = FLAG_PAIRS.get(name, (f"--{dashed}", f"--no-{dashed}"))
+        return on if value == "True" else off
+    else:
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    return flag if value is None else f"{flag} {value}"
+
+
+class Misuse(typer.BadParameter):
+    """A usage error (exit 2, with the command's usage line) whose text is the library's message as it stands."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
 def friendly(fn):
-    """Turn library errors into one red line on stderr and exit 1; Ctrl+C into exit 130 (SIGTERM: 143)."""
+    """Errors become what a shell user reads: misuse (an OptionError) a usage error, exit 2; any other library
+    error one red line on stderr, exit 1; Ctrl+C exit 130 (SIGTERM: 143). Options are named as flags."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from vqgen import log
-        from vqgen.errors import VqgenError
+        from vqgen.errors import OptionError, VqgenError
 
         try:
             return fn(*args, **kwargs)
+        except OptionError as e:
+            raise Misuse(e.spelled(spell)) from None
         except VqgenError as e:
             rank = _rank()
             if rank:  # ranks > 0 are quiet under torchrun, but their own errors (a file missing there) must show
                 log.console.quiet = False
-            log.error(f"rank {rank}: {e}" if rank else str(e))
+            message = e.spelled(spell)
+            log.error(f"rank {rank}: {message}" if rank else message)
             raise typer.Exit(1)
         except KeyboardInterrupt as e:
             # Interrupted (training) says where its checkpoint is and how to resume; a bare Ctrl+C has no words
@@ -88,20 +121,6 @@ def emit(summary: dict, as_json: bool) -> None:
         typer.echo(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
 
 
-def _finite(name: str, value, minimum: float | None = None):
-    """A float option that must be a finite number (typer lets nan and inf through), at least `minimum`."""
-    import math
-
-    if value is not None and (not math.isfinite(value) or (minimum is not None and value < minimum)):
-        low = f" >= {minimum:g}" if minimum is not None else ""
-        raise typer.BadParameter(f"must be a finite number{low}, got {value}", param_hint=name)
-
-
-def _positive(name: str, value):
-    if value is not None and value <= 0:
-        raise typer.BadParameter(f"must be positive, got {value}", param_hint=name)
-
-
 # -- shared options -----------------------------------------------------------------------------------------
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
 JsonOpt = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
@@ -121,24 +140,16 @@ AmpOpt = typer.Option(None, "--amp/--no-amp", help="Force bf16 autocast on or of
                       "and fp32 trains this network faster here: measured once per machine, printed and recorded).")
 InferAmpOpt = typer.Option(None, "--amp/--no-amp", help="Force bf16 autocast on or off (default: auto, bf16 on CUDA "
                            "GPUs that support it, fp32 on CPUs).")
-SearchOpt = typer.Option(0, "--search", min=0, help="Pick each position's code among its N nearest by how well the "
+SearchOpt = typer.Option(0, "--search", help="Pick each position's code among its N nearest by how well the "
                          "grid decodes (0: the nearest code, as in the paper; 4 gains ~0.5 dB for 3 decodes a position).")
-SearchSweepsOpt = typer.Option(1, "--search-sweeps", min=1, help="Passes of --search over the grid's positions (2: ~0.1 dB more).")
-ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: auto, the faster of torch's default "
+SearchSweepsOpt = typer.Option(1, "--search-sweeps", help="Passes of --search over the grid's positions (2: ~0.1 dB more).")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: auto, the faster of torch's default "
                           "and the usable cores, measured with --amp's choice; OMP_NUM_THREADS is respected).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 
 
 def _train_overrides(**given) -> dict:
     return {k: v for k, v in given.items() if v is not None}
-
-
-def _check_training(steps, epochs, batch_size, lr, checkpoint_every, log_every) -> None:
-    for name, v in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
-                    ("--checkpoint-every", checkpoint_every), ("--log-every", log_every)):
-        _positive(name, v)
-    if steps is not None and epochs is not None:
-        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
 
 
 @app.command("train-vqvae", epilog="Example: vqgen train-vqvae --data cifar10 --out runs/vq --steps 20000")
@@ -163,7 +174,7 @@ def train_vqvae(
     hidden: Optional[int] = typer.Option(None, "--hidden", help="Trunk channels (default 128)."),
     res_blocks: Optional[int] = typer.Option(None, "--res-blocks", help="Residual blocks in encoder and decoder (default 2)."),
     res_channels: Optional[int] = typer.Option(None, "--res-channels", help="Channels inside each residual block (default 32)."),
-    codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="K, number of codes (default 512)."),
+    num_codes: Optional[int] = typer.Option(None, "--codebook-size", "--num-codes", help="K, the codebook size: number of codes (default 512)."),
     code_dim: Optional[int] = typer.Option(None, "--code-dim", help="D, code vector size (default 64)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="Commitment loss weight (default 0.25)."),
     quantizer: Optional[str] = typer.Option(None, "--quantizer", help="ema (EMA codebook) | vq (codebook loss) (default ema)."),
@@ -171,7 +182,7 @@ def train_vqvae(
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay of the codebook statistics (default 0.99)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction, never trained on (default 0.02)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default off)."),
-    shift: Optional[int] = typer.Option(None, "--shift", min=0, help="Random translation of each image by up to N pixels, reflect-padded (default 0: off)."),
+    shift: Optional[int] = typer.Option(None, "--shift", help="Random translation of each image by up to N pixels, reflect-padded (default 0: off)."),
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Force the channels_last memory format on or off (default: auto, measured with --amp's choice)."),
@@ -181,21 +192,10 @@ def train_vqvae(
     as_json: bool = JsonOpt,
 ):
     """Train the VQ-VAE (stage 1) and report held-out PSNR and codebook usage."""
-    _check_training(steps, epochs, batch_size, lr, checkpoint_every, log_every)
-    for name, value in (("--image-size", image_size), ("--hidden", hidden), ("--res-blocks", res_blocks),
-                        ("--res-channels", res_channels), ("--codebook-size", codebook_size), ("--code-dim", code_dim)):
-        if value is not None:
-            _positive(name, value)
-    if data is None and not resume:
-        raise typer.BadParameter("--data is required (unless --resume)", param_hint="--data")
-    if quantizer is not None and quantizer not in ("ema", "vq"):
-        raise typer.BadParameter(f"must be ema or vq, got {quantizer!r}", param_hint="--quantizer")
-    if gradient is not None and gradient not in ("ste", "rotation"):
-        raise typer.BadParameter(f"must be ste or rotation, got {gradient!r}", param_hint="--gradient")
-    from vqgen.stage1 import train_vqvae as run
+    from vqgen.commands.stage1 import train_vqvae as run
 
     model = dict(image_size=image_size, hidden=hidden, res_blocks=res_blocks, res_channels=res_channels,
-                 codebook_size=codebook_size, code_dim=code_dim, beta=beta, quantizer=quantizer, gradient=gradient,
+                 num_codes=num_codes, code_dim=code_dim, beta=beta, quantizer=quantizer, gradient=gradient,
                  ema_decay=ema_decay)
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
@@ -223,9 +223,7 @@ def reconstruct(
     as_json: bool = JsonOpt,
 ):
     """Encode and decode images; print MSE and PSNR (pixels in [0, 1])."""
-    _positive("--batch-size", batch_size)
-    _positive("--nrow", nrow)
-    from vqgen.stage1 import reconstruct as run
+    from vqgen.commands.stage1 import reconstruct as run
 
     emit(run(vqvae, inputs, out, device=device, batch_size=batch_size, nrow=nrow, cache_dir=cache_dir,
              data_root=data_root, search=search, search_sweeps=search_sweeps, amp=amp), as_json)
@@ -241,8 +239,8 @@ def encode(
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="Held-out fraction defining the split."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
     flip: bool = typer.Option(False, "--flip", help="Also encode every image mirrored left-right (twice the grids; more data for train-prior)."),
-    shift: int = typer.Option(0, "--shift", min=0, help="Also encode every image (and mirror) translated by a random non-zero offset of up to N pixels, reflect-padded (twice the grids again; 0: off)."),
-    shift_copies: int = typer.Option(1, "--shift-copies", min=1, help="Translated copies of every image (and mirror) with --shift, each a different offset."),
+    shift: int = typer.Option(0, "--shift", help="Also encode every image (and mirror) translated by a random non-zero offset of up to N pixels, reflect-padded (twice the grids again; 0: off)."),
+    shift_copies: int = typer.Option(1, "--shift-copies", help="Translated copies of every image (and mirror) with --shift, each a different offset."),
     seed: int = typer.Option(0, "--seed", help="Seed for the --shift offsets."),
     search: int = SearchOpt,
     search_sweeps: int = SearchSweepsOpt,
@@ -253,10 +251,7 @@ def encode(
     as_json: bool = JsonOpt,
 ):
     """Encode images into an index-grid file (the input of train-prior)."""
-    _positive("--batch-size", batch_size)
-    if split not in ("train", "val", "all"):
-        raise typer.BadParameter(f"must be train, val or all, got {split!r}", param_hint="--split")
-    from vqgen.stage1 import encode as run
+    from vqgen.commands.stage1 import encode as run
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
              data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, shift_copies=shift_copies, seed=seed,
@@ -284,7 +279,7 @@ def train_prior(
     resume: bool = ResumeOpt,
     class_conditional: Optional[bool] = typer.Option(
         None, "--class-conditional/--unconditional", help="Condition on labels (default: when the codes have labels)."),
-    label_dropout: Optional[float] = typer.Option(None, "--label-dropout", min=0.0, max=0.99, help="Chance a training label is replaced by a null class, so the prior also learns p(grid) and `sample --guidance` works (default 0.1 for class-conditional priors, 0 otherwise)."),
+    label_dropout: Optional[float] = typer.Option(None, "--label-dropout", help="Chance a training label is replaced by a null class, so the prior also learns p(grid) and `sample --guidance` works (default 0.1 for class-conditional priors, 0 otherwise)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these prior weights (same prior and sizes; dropout and --label-dropout may change: a null class added starts at the mean class)."),
     val_codes: Optional[str] = typer.Option(None, "--val-codes", help="Held-out index-grid file (else a seeded split)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction when no --val-codes (default 0.05)."),
@@ -294,10 +289,7 @@ def train_prior(
     as_json: bool = JsonOpt,
 ):
     """Fit an autoregressive prior (stage 2) on index grids; report held-out bits per code."""
-    _check_training(steps, epochs, batch_size, lr, checkpoint_every, log_every)
-    if codes is None and not resume:
-        raise typer.BadParameter("--codes is required (unless --resume)", param_hint="--codes")
-    from vqgen.stage2 import train_prior as run
+    from vqgen.commands.stage2 import train_prior as run
 
     overrides = _train_overrides(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup=warmup,
                                  seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
@@ -331,13 +323,7 @@ def sample(
     as_json: bool = JsonOpt,
 ):
     """Generate images: draw code grids from the prior and decode them with the VQ-VAE."""
-    _finite("--guidance", guidance, 0.0)
-    _finite("--temperature", temperature)
-    _positive("--temperature", temperature)
-    _positive("--n", n)
-    _positive("--nrow", nrow)
-    _positive("--batch-size", batch_size)
-    from vqgen.sampling import sample as run
+    from vqgen.commands.sample import sample as run
 
     emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
              seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size, amp=amp,
@@ -379,34 +365,19 @@ def evaluate(
     cache_dir: Optional[str] = CacheOpt,
 ):
     """Reconstruction quality, codebook usage and prior likelihood on one image set."""
-    _positive("--batch-size", batch_size)
-    if fid < 0:
-        raise typer.BadParameter(f"must be >= 0, got {fid}", param_hint="--fid")
-    from vqgen.evaluate import evaluate_models
+    from vqgen.commands.evaluate import evaluate as run
 
-    if json_out is not None:
-        from vqgen.checkpoint import check_parent
-
-        check_parent(json_out)
-    figures = evaluate_models(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction,
-                              batch_size=batch_size, device=device, fid=fid, seed=seed, data_root=data_root,
-                              cache_dir=cache_dir, search=search, search_sweeps=search_sweeps, amp=amp)
-    if json_out is not None:
-        from vqgen.checkpoint import atomic_path
-
-        with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(figures, indent=2) + "\n")
+    figures = run(data, vqvae=vqvae, prior=prior, split=split, val_fraction=val_fraction, batch_size=batch_size,
+                  device=device, fid=fid, seed=seed, data_root=data_root, cache_dir=cache_dir, search=search,
+                  search_sweeps=search_sweeps, amp=amp, json_out=json_out)
+    from rich.console import Console
     from rich.table import Table
-
-    from vqgen import log
 
     table = Table(title=f"vqgen evaluate: {data} ({split})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for k, v in figures.items():
         table.add_row(k, f"{v:.5g}" if isinstance(v, float) else str(v))
-    from rich.console import Console
-
     Console(highlight=False).print(table)
 
 

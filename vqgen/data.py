@@ -20,12 +20,15 @@ import numpy as np
 import torch
 
 from vqgen import log
-from vqgen.errors import DataError
+from vqgen.checkpoint import load_tensors, read_header, save_tensors
+from vqgen.errors import DataError, check_choice
 
 KIND_IMAGE_CACHE = "vqgen.image-cache"
 CACHE_VERSION = "1"  # bump when decoding/resizing changes, so old caches are not reused
 CIFAR10_SPECS = {"cifar10": True, "cifar10:train": True, "cifar10:test": False}  # spec -> train split?
 MAX_SKIP_LINES = 10  # bad-file warnings printed before "and N more"
+SPLIT_SEED = 0  # the held-out split is fixed, whatever seed a run trains with, so figures stay comparable
+SPLITS = ("train", "val", "all")  # the parts of a set a command can take: its seeded split, or all of it
 
 
 @dataclass
@@ -317,8 +320,6 @@ def _cache_file(cache_dir: Path, folder: Path, image_size: int) -> Path:
 
 def _read_cache(path: Path, key: str, image_size: int) -> tuple[ImageSet, list, int] | None:
     """The cached set if `path` holds a valid entry for `key`; None when absent, stale or corrupt."""
-    from vqgen.checkpoint import load_tensors, read_header
-
     if not path.is_file():
         return None
     try:
@@ -357,8 +358,6 @@ _cache_warned = False
 
 
 def _write_cache(path: Path, key: str, s: ImageSet, image_size: int, skipped: list, upscaled: int) -> None:
-    from vqgen.checkpoint import save_tensors
-
     global _cache_warned
     tensors = {"images": s.images}
     if s.labels is not None:
@@ -530,3 +529,12 @@ def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[torch.Ten
     val = perm[:n_val].sort().values
     train = perm[n_val:].sort().values
     return train, val
+
+
+def select_split(n: int, split: str, val_fraction: float) -> torch.Tensor:
+    """Indices of the `split` ("train", "val" or "all") of n items, under the fixed held-out split (SPLIT_SEED)."""
+    check_choice("split", split, SPLITS)
+    if split == "all":
+        return torch.arange(n)
+    train, val = split_indices(n, val_fraction, SPLIT_SEED)
+    return train if split == "train" else val

@@ -16,7 +16,7 @@ from vqgen.errors import ConfigError
 from vqgen.vqvae import VQVAE, ResBlock, VQVAEConfig
 
 # fields that fix what a code is; growing may change the others (hidden, res_blocks, res_channels, ...)
-SAME_FIELDS = ("image_size", "codebook_size", "code_dim", "quantizer")
+SAME_FIELDS = ("image_size", "num_codes", "code_dim", "quantizer")
 GROWABLE = ("hidden", "res_blocks", "res_channels")
 
 
@@ -57,12 +57,12 @@ def check_growable(small: VQVAEConfig, big: VQVAEConfig) -> None:
     """Raise ConfigError unless `big` can start from a model with config `small`."""
     for f in SAME_FIELDS:
         if getattr(small, f) != getattr(big, f):
-            raise ConfigError(f"--init-from has {f.replace('_', '-')} {getattr(small, f)} but this run asks for "
-                              f"{getattr(big, f)}; it must match (pass the same value or leave it out)")
+            raise ConfigError(f"{{init_from}} has {{{f}={getattr(small, f)}}} but this run asks for "
+                              f"{{{f}={getattr(big, f)}}}; it must match (pass the same value or leave it out)")
     for f in GROWABLE:
         if getattr(big, f) < getattr(small, f):
-            raise ConfigError(f"--init-from has {f.replace('_', '-')} {getattr(small, f)}; a run can only keep or "
-                              f"grow it, not shrink it to {getattr(big, f)}")
+            raise ConfigError(f"{{init_from}} has {{{f}={getattr(small, f)}}}; a run can only keep or grow it, not "
+                              f"shrink it to {getattr(big, f)}")
 
 
 @torch.no_grad()

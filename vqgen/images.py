@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
+from vqgen.checkpoint import atomic_path
+
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1] (or uint8 already) -> uint8 on the CPU."""
@@ -31,8 +33,6 @@ def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor
 def save_png(image: torch.Tensor, path: str | Path) -> None:
     """Write one (3, H, W) image as PNG through a temporary file in the same folder."""
     from PIL import Image
-
-    from vqgen.checkpoint import atomic_path
 
     arr = to_uint8(image).permute(1, 2, 0).numpy()
     with atomic_path(path) as tmp:

@@ -13,7 +13,8 @@ from einops import rearrange
 
 
 USAGE_DECAY = 0.9
-GRADIENTS = ("ste", "rotation")
+GRADIENTS = ("ste", "rotation")  # how the decoder's gradient reaches the encoder
+QUANTIZERS = ("ema", "vq")  # how the codebook learns
 
 
 @dataclass
@@ -56,7 +57,7 @@ class VectorQuantizer(nn.Module):
         eps: float = 1e-5,
     ):
         super().__init__()
-        if kind not in ("vq", "ema"):
+        if kind not in QUANTIZERS:
             raise ValueError(f"quantizer kind must be 'vq' or 'ema', got {kind!r}")
         if gradient not in GRADIENTS:
             raise ValueError(f"quantizer gradient must be one of {GRADIENTS}, got {gradient!r}")

@@ -10,13 +10,15 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as tdist
 
-from vqgen.errors import ConfigError
+from vqgen import log
+from vqgen.errors import ConfigError, OptionError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -28,12 +30,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
+            raise ConfigError(f"{{device={name}}} was asked for but CUDA is not available here; use {{device=cpu}} or "
+                              "auto")
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ConfigError(f"{{device={name}}}: only {torch.cuda.device_count()} CUDA device(s) exist")
         return dev
-    raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    raise OptionError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", "device", name, "auto, cpu, cuda, cuda:N")
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -267,8 +270,6 @@ def _broadcast(values: tuple, dist: "Dist", device: torch.device) -> tuple:
     """Rank 0's values on every rank (as they are, for a single process)."""
     if dist.world_size < 2:
         return tuple(values)
-    import torch.distributed as tdist
-
     t = torch.tensor([int(v) for v in values], dtype=torch.long,
                      device=device if device.type == "cuda" else "cpu")
     tdist.broadcast(t, 0)
@@ -290,8 +291,6 @@ def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group when its environment is present; otherwise a single process, untouched."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
         return Dist(), resolve_device(device_name)
-    import torch.distributed as dist
-
     d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -300,45 +299,37 @@ def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
                               "start at most that many processes per machine (torchrun --nproc_per_node)")
         device = torch.device("cuda", d.local_rank)  # one GPU per process, whatever --device cuda:N said
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    if not tdist.is_initialized():
         if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
+            tdist.init_process_group("nccl", device_id=device)
         else:
-            dist.init_process_group("gloo")
+            tdist.init_process_group("gloo")
         # the group is ours: leave it when the process ends (the command is over by then)
         atexit.register(_leave_group)
     if d.rank > 0:
         # only rank 0 talks: progress bars, notes and warnings of the other ranks would repeat its own
-        from vqgen import log
-
         log.console.quiet = True
     return d, device
 
 
 def _leave_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     """True on every rank when `flag` is true on at least one (a collective: every rank must call it)."""
     if d.world_size < 2:
         return flag
-    import torch.distributed as dist
-
     t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return bool(t.item())
 
 
 def barrier(d: Dist) -> None:
     """Wait until every rank gets here (no-op for a single process)."""
     if d.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        tdist.barrier()
 
 
 @contextlib.contextmanager

@@ -1,19 +1,17 @@
-"""Prior -> index grids -> VQ-VAE decoder -> images (in memory, or on disk as `vqgen sample` writes them)."""
+"""Prior -> index grids -> VQ-VAE decoder -> images, in memory (vqgen.generate; the sample command writes them)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from priors.sampling_utils import check_sampling_args
-from vqgen import log
-from vqgen.checkpoint import check_parent
-from vqgen.codes import CodeSet, write_codes
-from vqgen.errors import ConfigError
-from vqgen.images import make_grid, save_png
+from vqgen.errors import ConfigError, OptionError, check_positive
+from vqgen.prior_file import check_compatible, open_prior
+from vqgen.runtime import autocast, inference_amp, resolve_device
+from vqgen.vqvae import open_vqvae
 
 # classifier-free guidance used when --guidance is not given, for priors with a null class (chosen by the
 # sample-quality sweep in BENCHMARKS.md: Frechet distance first, class accuracy second)
@@ -23,7 +21,7 @@ DEFAULT_GUIDANCE = 1.0
 def resolve_class(value: str | int, class_names: list[str], num_classes: int) -> int:
     """A class given by name or index -> its index, or an error listing the known classes."""
     if num_classes == 0:
-        raise ConfigError("this prior is unconditional; drop --class (or train one with --class-conditional)")
+        raise ConfigError("this prior is unconditional; drop {class_name} (or train one with {class_conditional=True})")
     names = class_names or [str(i) for i in range(num_classes)]
     value = str(value)
     if value in names:
@@ -71,33 +69,28 @@ def draw_samples(
     Without class_name a class-conditional prior cycles through its classes, `class_run` consecutive samples per
     class (the CLI passes its grid width: one class per row); unconditional=True draws from p(grid) with the null
     class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise."""
-    from vqgen.runtime import autocast, inference_amp, resolve_device
-    from vqgen.stage1 import open_vqvae
-    from vqgen.stage2 import check_compatible, load_prior
-    from vqgen.weights import shipped
-
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ConfigError(f"--n must be a positive number of samples, got {n}")
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    check_sampling_args(temperature, top_k, top_p, as_options=True, guidance=guidance)  # before any model is loaded
+    check_positive("n", n)
+    check_positive("batch_size", batch_size)
+    check_sampling_args(temperature, top_k, top_p, guidance=guidance)  # before any model is loaded
     if unconditional and class_name is not None:
-        raise ConfigError("--unconditional draws without a class; drop --class (or --unconditional)")
+        raise OptionError("{unconditional=True} draws without a class; drop {class_name} (or {unconditional=True})",
+                          "unconditional")
+    if guidance and unconditional:
+        raise OptionError("{guidance} steers towards a class; {unconditional=True} draws without one: drop one of "
+                          "them", "guidance")
     dev = resolve_device(device)
-    model_p, pmeta = load_prior(prior or shipped("prior"), dev)
+    model_p, pmeta = open_prior(prior, str(dev))
     model_v, vsha, _ = open_vqvae(vqvae, str(dev))
     g = model_v.config.grid
-    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.codebook_size, g, g, "the VQ-VAE")
+    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
     num_classes = model_p.config.num_classes
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if model_p.has_null_class and not unconditional else 0.0
-    elif guidance and unconditional:
-        raise ConfigError("--guidance steers towards a class; --unconditional draws without one: drop one of them")
     labels = None
     if unconditional:
         if not model_p.has_null_class:
-            why = "it is unconditional already: drop --unconditional" if not num_classes else \
-                "it has no null class (train it with --label-dropout 0.1); draw one class with --class"
+            why = "it is unconditional already: drop {unconditional=True}" if not num_classes else \
+                "it has no null class (train it with {label_dropout=0.1}); draw one class with {class_name}"
             raise ConfigError(f"this prior cannot draw without a class: {why}")
         labels = torch.full((n,), model_p.null_label, dtype=torch.long)
     elif class_name is not None:
@@ -118,47 +111,3 @@ def draw_samples(
                    class_names=list(pmeta["class_names"]) if num_classes else [], guidance=float(guidance),
                    seconds=time.perf_counter() - t0, prior_name=pmeta["prior"], prior_path=pmeta["path"],
                    vqvae_sha256=vsha, num_codes=model_p.config.num_codes)
-
-
-def sample(
-    n: int,
-    out: str | Path,
-    *,
-    nrow: int = 8,
-    save_codes: str | None = None,
-    class_: str | None = None,
-    **draw_options,
-) -> dict:
-    """Draw n samples and write a grid PNG (out ending in .png) or a folder of PNGs; optionally the grids."""
-    out = Path(out)
-    as_grid = out.suffix.lower() == ".png"
-    check_parent(out)
-    if not as_grid and out.exists() and not out.is_dir():
-        raise ConfigError(f"cannot write samples into {out}: it is a file; give a folder or a .png path")
-    if save_codes:
-        check_parent(save_codes)
-    s = draw_samples(n, class_name=class_, class_run=nrow, **draw_options)
-    num_classes = len(s.class_names)
-    names = s.class_names or [str(i) for i in range(num_classes)]
-    drawn = [] if s.labels is None or draw_options.get("unconditional") else \
-        [names[c] for c in dict.fromkeys(s.labels.tolist())]  # in grid order
-    if as_grid:
-        save_png(make_grid(s.images, nrow=nrow), out)
-    else:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create folder {out}: {e.strerror or e}") from None
-        width = len(str(n - 1))
-        for i, img in enumerate(s.images):
-            save_png(img, out / f"sample_{i:0{width}d}.png")
-    if class_ is None and 0 < len(drawn) < num_classes:  # said once the images are written, not before an error
-        log.note(f"one class per row: the grid shows {len(drawn)} of {num_classes} classes ({', '.join(drawn)}); "
-                 f"--n {nrow * num_classes} shows all of them, --class NAME picks one")
-    if save_codes:
-        labels = s.labels if s.labels is not None and not draw_options.get("unconditional") else None
-        write_codes(save_codes, CodeSet(s.codes, s.num_codes, labels,
-                                        s.class_names if labels is not None else [], s.vqvae_sha256,
-                                        f"sample:{s.prior_path}"))
-    return {"samples": n, "out": str(out), "seconds": s.seconds, "prior": s.prior_name,
-            "seed": draw_options.get("seed", 0), "guidance": s.guidance, "classes": drawn}

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from vqgen import log
-from vqgen.errors import ConfigError
+from vqgen.errors import ConfigError, check_at_least
 from vqgen.vqvae import VQVAE
 
 
@@ -62,13 +62,17 @@ def search_codes(model: VQVAE, x: torch.Tensor, candidates: int, sweeps: int = 1
     return codes.view(b, h, w)
 
 
-def check_search(model: VQVAE, search: int, sweeps: int) -> None:
-    """Refuse a --search / --search-sweeps the model cannot honour (before any input is read or output written)."""
-    k = model.config.codebook_size
-    if not 0 <= search <= k:
-        raise ConfigError(f"--search {search} is out of range: give 0 (nearest code) up to the codebook's {k} codes")
-    if sweeps < 1:
-        raise ConfigError(f"--search-sweeps must be at least 1, got {sweeps}")
+def check_search_options(search: int, sweeps: int) -> None:
+    """Refuse a search or sweep count no model can honour."""
+    check_at_least("search", search, 0)
+    check_at_least("search_sweeps", sweeps, 1)
+
+
+def check_search(model: VQVAE, search: int) -> None:
+    """Refuse a search wider than the model's codebook (before any input is read or output written)."""
+    k = model.config.num_codes
+    if search > k:
+        raise ConfigError(f"{{search={search}}} is out of range: give 0 (nearest code) up to the codebook's {k} codes")
 
 
 class SearchEncoder:

@@ -1,10 +1,11 @@
 """One training loop for both stages. It takes an objective (batch -> loss, metrics) and a batch source
-and knows nothing about which model it trains (minGPT's trainer). It owns progress, metrics.jsonl,
-atomic checkpoints, bit-exact resume, Ctrl+C, non-finite losses and DistributedDataParallel."""
+and knows nothing about which model it trains (minGPT's trainer), nor which command runs it: the run's
+folder (vqgen.run) tells it where its files go. It owns progress, the metrics records, atomic checkpoints,
+bit-exact resume, Ctrl+C, non-finite losses and DistributedDataParallel."""
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 import json
 import math
 import random
@@ -12,20 +13,30 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
+import torch.distributed as tdist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from vqgen import log
 from vqgen.checkpoint import KIND_STATE, first_problem, load_tensors, meta_json, save_tensors
-from vqgen.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
+from vqgen.errors import (CheckpointError, ConfigError, Interrupted, OptionError, TrainingError, check_at_least,
+                          check_choice, check_positive)
 from vqgen.runtime import Dist, Speed, any_rank, autocast, barrier, inference_amp
 
-STATE_FILE = "checkpoint.safetensors"
-METRICS_FILE = "metrics.jsonl"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both checkpoint and stop at the next step
-BEST_FILE = "best.safetensors"  # the weights of the held-out evaluation with the best figure so far
+
+
+class RunFiles(Protocol):
+    """Where a run's files go (vqgen.run.RunFolder is one)."""
+
+    dir: Path  # the folder
+    state: Path  # the training state: everything resume needs
+    metrics: Path  # metrics.jsonl
+    best: Path  # the weights of the held-out evaluation with the best figure so far
+    resume_command: str  # what to run to continue (said on Ctrl+C)
 
 
 @dataclass
@@ -40,6 +51,9 @@ class KeepBest:
         if not math.isfinite(value):
             return False
         return best is None or (value > best if self.higher_is_better else value < best)
+
+
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -59,13 +73,25 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast for the network (the quantiser stays fp32); None: runtime.choose_speed
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every"):
-            if getattr(self, name) <= 0:
-                raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise TrainingError(f"--lr must be positive, got {self.lr}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise TrainingError(f"--lr-schedule must be cosine or constant, got {self.lr_schedule!r}")
+        """Refuse a value no run can use (OptionError naming the field)."""
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            check_positive(name, getattr(self, name))
+        for name in ("warmup", "eval_every"):
+            check_at_least(name, getattr(self, name), 0)
+        check_positive("lr", self.lr, integer=False)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+
+    def train_for_epochs(self, epochs: float, examples: int) -> None:
+        """Set steps to make `epochs` passes over `examples` at this batch size."""
+        self.steps = max(1, math.ceil(epochs * examples / self.batch_size))
+
+
+def check_training_options(given: dict, epochs: float | None = None) -> None:
+    """The training options given (TrainConfig fields, None = not given) and `epochs`, each judged alone."""
+    TrainConfig(**{k: v for k, v in given.items() if v is not None}).validate()
+    check_positive("epochs", epochs, integer=False)
+    if epochs is not None and given.get("steps") is not None:
+        raise OptionError("give {steps} or {epochs}, not both", "epochs")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -88,7 +114,7 @@ class TensorBatches:
         self.tensors = tuple(t for t in tensors if t is not None)
         self.n = int(self.tensors[0].shape[0])
         if batch_size % dist.world_size:
-            raise TrainingError(f"--batch-size {batch_size} must be divisible by the {dist.world_size} processes")
+            raise ConfigError(f"{{batch_size={batch_size}}} must be divisible by the {dist.world_size} processes")
         self.batch_size = min(batch_size, self.n)
         self.batch_size -= self.batch_size % dist.world_size  # fewer examples than the batch: equal shares still
         if self.batch_size == 0:
@@ -144,92 +170,6 @@ def _unflatten_optimizer(tensors: dict, info: dict) -> dict:
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def run_state_exists(run_dir: Path) -> bool:
-    return (Path(run_dir) / STATE_FILE).exists()
-
-
-def read_run_meta(run_dir: Path, kind: str | None = None) -> dict[str, str]:
-    """Metadata of a run folder's training state (model kind/config, train config), for --resume.
-
-    kind ("vqvae" / "prior"), when given, must match the run's: a prior run is not resumed by train-vqvae."""
-    path = Path(run_dir) / STATE_FILE
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"cannot resume: {run_dir} does not exist; start a run there without --resume")
-    if not path.exists():
-        raise CheckpointError(f"cannot resume: {run_dir} holds no {STATE_FILE}; start a new run without --resume")
-    from vqgen.checkpoint import read_header
-
-    _, meta = read_header(path)
-    if meta.get("format") != KIND_STATE:
-        raise CheckpointError(f"cannot resume: {path} is not a vqgen training state")
-    if kind is not None and meta.get("kind") != kind:
-        other = {"vqvae": "vqgen train-vqvae", "prior": "vqgen train-prior"}.get(meta.get("kind"), "another command")
-        raise CheckpointError(f"cannot resume: {run_dir} holds a {meta.get('kind')!r} run, not a {kind!r} one; "
-                              f"resume it with {other}")
-    return meta
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """Refuse, before any work, a run folder that cannot be created or written (say, one under a file)."""
-    import os
-
-    p = Path(run_dir).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir():
-        raise CheckpointError(f"cannot create run folder {run_dir}: {p} is a file, not a folder")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise CheckpointError(f"cannot write run folder {run_dir}: {p} is not writable; choose another --out")
-
-
-def resumed_speed(meta: dict[str, str]) -> dict:
-    """The settings a run computed with (its memory format and threads; amp is in its train config), so that a
-    resumed run keeps them and stays bit-exact. Runs from before they were recorded used channels_last."""
-    stored = json.loads(meta["speed"]) if "speed" in meta else {}
-    return {"channels_last": stored.get("channels_last", True), "threads": stored.get("threads")}
-
-
-def resumed_config(meta: dict[str, str], overrides: dict) -> TrainConfig:
-    """The stored TrainConfig of a run, with the options given now (say a larger --steps) applied on top."""
-    stored = json.loads(meta["train_config"])
-    stored.update(overrides)
-    return TrainConfig(**stored)
-
-
-def check_unchanged(given: dict, stored: dict) -> None:
-    """On --resume, refuse an option that defines the run (model, data split) but differs from the run's: it
-    would otherwise be silently ignored. Keys are option names as typed ("--on/--off" for flags); None means
-    not given."""
-    for opt, value in given.items():
-        if value is None or opt not in stored or stored[opt] == value:
-            continue
-        if isinstance(value, bool):  # a flag pair, "--on/--off"
-            show = lambda v: opt.split("/")[0 if v else 1]
-        else:
-            show = lambda v: f"{opt} {v}"
-        raise ConfigError(f"{show(value)} does not match the run being resumed, which has {show(stored[opt])}; "
-                          "a resumed run keeps its model and data split: drop the option, or start a new run "
-                          "with another --out")
-
-
-def fingerprint(*tensors: torch.Tensor | None) -> str:
-    """sha256 over tensors' contents: recorded with a run, so --resume can tell that its data changed."""
-    h = hashlib.sha256()
-    for t in tensors:
-        if t is not None:
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def check_same_data(stored: dict, now: str, where: str, run_dir: Path) -> None:
-    """Refuse to resume a run on data other than the data it trained on (runs from before fingerprints pass)."""
-    then = stored.get("sha256")
-    if then is not None and then != now:
-        raise DataError(f"{where} is not the data the run in {run_dir} trained on (its contents differ); "
-                        "resume with the same data, or start a new run with another --out")
-
-
 class Trainer:
     """Fits `objective` (a module whose forward(*batch) returns (loss, metrics)) on `batches`."""
 
@@ -238,7 +178,7 @@ class Trainer:
         objective: nn.Module,
         batches: TensorBatches,
         cfg: TrainConfig,
-        run_dir: Path,
+        run: RunFiles,
         device: torch.device,
         dist: Dist = Dist(),
         run_meta: dict | None = None,
@@ -246,7 +186,6 @@ class Trainer:
         evaluate: Callable[[], dict] | None = None,
         describe_metrics: Callable[[dict], dict] | None = None,
         compile: bool = False,
-        resume_command: str | None = None,
         keep_best: KeepBest | None = None,
         speed: Speed | None = None,
     ):
@@ -255,7 +194,7 @@ class Trainer:
             cfg.amp = inference_amp(device, None)
         self.speed = speed  # recorded in metrics.jsonl; the caller applied it to the network
         self.objective, self.batches, self.cfg = objective, batches, cfg
-        self.run_dir, self.device, self.dist = Path(run_dir), device, dist
+        self.run, self.device, self.dist = run, device, dist
         self.run_meta = run_meta or {}  # model kind/config: stored in the state so --resume can rebuild it
         self.export, self.evaluate, self.keep_best = export, evaluate, keep_best
         self.best: dict | None = None  # {"step", "value"} of the best held-out evaluation so far
@@ -265,28 +204,23 @@ class Trainer:
         self.step = 0
         self.net: nn.Module = objective
         if dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             # codebook statistics are all-reduced inside the quantiser, so buffers need no broadcast per step
             # (they are synced once at construction; every rank built them from the same seed anyway)
-            import inspect
-
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+            ddp = DistributedDataParallel
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
                        else {"broadcast_buffers": False})
-            self.net = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+            self.net = ddp(objective, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
         if compile:
             self.net = torch.compile(self.net)
         self._stop_requested: signal.Signals | None = None  # the signal that asked training to stop
         self._last_saved: int | None = None  # step of the newest checkpoint on disk, None before the first
-        # what Ctrl+C tells the user to run to continue (the trainer does not know which command started it)
-        self.resume_command = resume_command or f"the same command with --out {self.run_dir} --resume"
 
     # -- state ------------------------------------------------------------------------------------------
     def _last_good(self) -> str:
         if self._last_saved is None:
             return "no checkpoint was written yet"
-        return (f"the last good checkpoint (step {self._last_saved}) is in {self.run_dir}; "
-                "resume with --resume and a lower --lr")
+        return (f"the last good checkpoint (step {self._last_saved}) is in {self.run.dir}; "
+                "resume with {resume=True} and a lower {lr}")
 
     def save_state(self) -> None:
         state = self.objective.state_dict()
@@ -316,16 +250,16 @@ class Trainer:
             **self._speed_record(),
             **self.run_meta,
         }
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run.dir.mkdir(parents=True, exist_ok=True)
         # one file holds everything resume needs and is renamed into place in one step, so a kill at any
         # moment leaves either the previous state or the new one, never a mixture
-        save_tensors(self.run_dir / STATE_FILE, tensors, KIND_STATE, meta)
+        save_tensors(self.run.state, tensors, KIND_STATE, meta)
         self._last_saved = self.step
         if self.export is not None:
             self.export()
 
     def load_state(self) -> None:
-        path = self.run_dir / STATE_FILE
+        path = self.run.state
         tensors, meta = load_tensors(path, KIND_STATE, device="cpu")
         model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
@@ -345,7 +279,7 @@ class Trainer:
     # -- metrics ----------------------------------------------------------------------------------------
     def _write_metrics(self, record: dict) -> None:
         if self.dist.main:
-            with open(self.run_dir / METRICS_FILE, "a") as f:
+            with open(self.run.metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     # -- loop -------------------------------------------------------------------------------------------
@@ -354,19 +288,19 @@ class Trainer:
         cfg = self.cfg
         if self.dist.main:
             try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.run.dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise CheckpointError(f"cannot create run folder {self.run_dir}: {e.strerror or e}") from None
-            for stale in self.run_dir.glob(".*.tmp"):  # atomic_path temporaries a kill -9 during a write left
+                raise CheckpointError(f"cannot create run folder {self.run.dir}: {e.strerror or e}") from None
+            for stale in self.run.dir.glob(".*.tmp"):  # atomic_path temporaries a kill -9 during a write left
                 stale.unlink(missing_ok=True)
             if resume:
-                _drop_partial_line(self.run_dir / METRICS_FILE)
+                _drop_partial_line(self.run.metrics)
         if resume:
             self.load_state()
             self._last_saved = self.step
             self._write_metrics({"event": "resume", "step": self.step, "time": time.time(),
                                  "world_size": self.dist.world_size, **self._speed_record()})
-            log.note(f"resuming {self.run_dir} at step {self.step}")
+            log.note(f"resuming {self.run.dir} at step {self.step}")
         else:
             random.seed(cfg.seed)  # torch is seeded by the caller before it builds the model; Python's RNG here
             self._write_metrics({"event": "config", "train": asdict(cfg), "world_size": self.dist.world_size,
@@ -414,8 +348,8 @@ class Trainer:
                     barrier(self.dist)  # the others wait for rank 0's save: torchrun ends all once one exits
                     sig = self._stop_requested or signal.SIGINT  # a rank told by another rank has no signal
                     what = "interrupted" if sig == signal.SIGINT else f"stopped by {sig.name}"
-                    raise Interrupted(f"{what} at step {self.step}; checkpoint saved in {self.run_dir}; "
-                                      f"resume with: {self.resume_command}", exit_code=128 + int(sig))
+                    raise Interrupted(f"{what} at step {self.step}; checkpoint saved in {self.run.dir}; "
+                                      f"resume with: {self.run.resume_command}", exit_code=128 + int(sig))
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(cfg, self.step)
                 batch = next(self.batches)
@@ -456,7 +390,7 @@ class Trainer:
         out = {**last, **result, "images_per_s": last.get("images_per_s", 0.0)}
         if self.keep_best and self.best is not None:
             out.update({"best_step": self.best["step"], f"best_{self.keep_best.metric}": self.best["value"],
-                        "best_weights": str(self.run_dir / BEST_FILE)})
+                        "best_weights": str(self.run.best)})
         return out
 
     def _run_eval(self) -> dict:
@@ -490,12 +424,10 @@ def _mean_over_ranks(loss: torch.Tensor, metrics: dict, world_size: int) -> tupl
     """The loss and floating-point tensor metrics averaged over the ranks (one all-reduce): each rank's are
     means over its equal share, so these are the global batch's, as one process would log them. Metrics that
     are already global (the quantiser's all-reduced code counts) are the same on every rank and stay so."""
-    import torch.distributed as dist
-
     keys = [k for k, v in metrics.items() if torch.is_tensor(v) and v.is_floating_point()]
     parts = [loss.detach().float().reshape(-1)] + [metrics[k].detach().float().reshape(-1) for k in keys]
     flat = torch.cat(parts)
-    dist.all_reduce(flat)
+    tdist.all_reduce(flat)
     flat /= world_size
     out = dict(metrics)
     chunks = flat.split([p.numel() for p in parts])

@@ -1,4 +1,4 @@
-"""The VQ-VAE of van den Oord et al. 2017: conv encoder -> vector quantiser -> conv decoder."""
+"""The VQ-VAE of van den Oord et al. 2017: conv encoder -> vector quantiser -> conv decoder; and its file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqgen.quantizer import QuantizerOutput, VectorQuantizer
+from vqgen.checkpoint import (KIND_VQVAE, file_sha256, first_problem, load_tensors, meta_json, read_meta,
+                              save_tensors)
+from vqgen.errors import CheckpointError, OptionError, check_choice, check_positive
+from vqgen.quantizer import GRADIENTS, QUANTIZERS, QuantizerOutput, VectorQuantizer
+from vqgen.runtime import resolve_device
+from vqgen.weights import shipped
 
 
 @dataclass
@@ -17,7 +22,7 @@ class VQVAEConfig:
     hidden: int = 128  # channels of the full-resolution-of-codes trunk (encoder after downsampling, decoder before)
     res_blocks: int = 2  # residual blocks in the encoder and in the decoder
     res_channels: int = 32  # bottleneck channels inside each residual block
-    codebook_size: int = 512  # K, number of codes
+    num_codes: int = 512  # K, the codebook size: how many code vectors
     code_dim: int = 64  # D, dimension of each code vector
     beta: float = 0.25  # weight of the commitment loss ||z_e - sg[e]||^2
     quantizer: str = "ema"  # "ema": codebook moved by EMA of assigned vectors; "vq": codebook loss + Adam
@@ -32,8 +37,22 @@ class VQVAEConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def validate(self) -> None:
+        """Refuse a value no VQ-VAE can have (OptionError naming the field)."""
+        for name in ("image_size", "hidden", "res_blocks", "res_channels", "num_codes", "code_dim"):
+            check_positive(name, getattr(self, name))
+        if self.image_size % 4:
+            raise OptionError(f"{{image_size}} must be a positive multiple of 4, got {self.image_size}", "image_size",
+                              self.image_size, "a positive multiple of 4")
+        check_choice("quantizer", self.quantizer, QUANTIZERS)
+        check_choice("gradient", self.gradient, GRADIENTS)
+
     @classmethod
     def from_dict(cls, d: dict) -> "VQVAEConfig":
+        """Rebuild from to_dict(); files written before the field was renamed call num_codes codebook_size."""
+        d = dict(d)
+        if "codebook_size" in d and "num_codes" not in d:
+            d["num_codes"] = d.pop("codebook_size")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -95,7 +114,7 @@ class VQVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.quantizer = VectorQuantizer(
-            config.codebook_size,
+            config.num_codes,
             config.code_dim,
             beta=config.beta,
             kind=config.quantizer,
@@ -171,15 +190,11 @@ class VQVAEObjective(nn.Module):
 # -- weights files ------------------------------------------------------------------------------------------
 def save_vqvae(model: VQVAE, path) -> None:
     """Write weights with the config as JSON metadata, atomically."""
-    from vqgen.checkpoint import KIND_VQVAE, save_tensors
-
     save_tensors(path, model.state_dict(), KIND_VQVAE, {"config": model.config.to_dict()})
 
 
 def read_vqvae_config(path) -> VQVAEConfig:
     """The config stored in a VQ-VAE weights file."""
-    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, meta_json, read_meta
-
     meta = read_meta(path, KIND_VQVAE)  # the header only: the weights are loaded once, by whoever needs them
     try:
         return VQVAEConfig.from_dict(meta_json(meta, "config", path))
@@ -189,8 +204,6 @@ def read_vqvae_config(path) -> VQVAEConfig:
 
 def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
     """Rebuild a VQVAE from its weights file; returns (model in eval mode, sha256 of the file)."""
-    from vqgen.checkpoint import KIND_VQVAE, CheckpointError, file_sha256, first_problem, load_tensors, meta_json
-
     tensors, meta = load_tensors(path, KIND_VQVAE)
     try:
         model = VQVAE(VQVAEConfig.from_dict(meta_json(meta, "config", path)))
@@ -198,3 +211,11 @@ def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: weights do not match their config ({first_problem(e)})") from None
     return model.to(device).eval(), file_sha256(path)
+
+
+def open_vqvae(path=None, device: str = "auto") -> tuple[VQVAE, str, str]:
+    """Load the given VQ-VAE, or the shipped one when path is None; returns (model, sha256, path).
+    `device` is a name: auto, cpu, cuda or cuda:N."""
+    path = path or shipped("vqvae")
+    model, sha = load_vqvae(path, resolve_device(str(device)))
+    return model, sha, str(path)

@@ -1,4 +1,4 @@
-"""The shipped CIFAR-10 weights, used when --vqvae / --prior are not given."""
+"""The shipped CIFAR-10 weights, used when no VQ-VAE / prior file is given."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def shipped(kind: str) -> Path:
     path = _HERE / FILES[kind]
     if not path.exists():
         raise ConfigError(
-            f"no shipped {kind} weights in this installation; pass --{kind} with a file you trained "
+            f"no shipped {kind} weights in this installation; pass {{{kind}}} with a file you trained "
             f"(see `vqgen train-{'vqvae' if kind == 'vqvae' else 'prior'} --help`)"
         )
     return path

@@ -1,13 +1,13 @@
 """How far the shipped VQ-VAE's nearest-neighbour codes are from the best codes its decoder could be given.
 
-    python bench/probe_code_search.py DATA --candidates 8 --sweeps 2
-    python bench/probe_code_search.py DATA --split train --n 6000 --candidates 4 --sweeps 1 --save targets.safetensors
+    python bench/probes/probe_code_search.py DATA --candidates 8 --sweeps 2
+    python bench/probes/probe_code_search.py DATA --split train --n 6000 --candidates 4 --sweeps 1 --save targets.safetensors
 
 Encodes images, then improves each image's 8x8 grid with vqgen.search (what `--search` does in `vqgen encode` /
 `reconstruct`): greedy coordinate descent that, position by position, tries the --candidates codebook vectors
 nearest to that position's encoder output and keeps the one whose decoding has the lowest MSE. On held-out images
 the PSNR it reaches bounds what a better encoder (same codebook, same decoder) could gain from these candidates. `--split train --save` keeps the searched grids of random training images as
-distillation targets (bench/probe_encoder_distill.py). A probe: it changes no weights. Progress on stderr, one JSON
+distillation targets (bench/probes/probe_encoder_distill.py). A probe: it changes no weights. Progress on stderr, one JSON
 summary on stdout.
 """
 
@@ -22,9 +22,10 @@ import torch
 from safetensors.torch import save_file
 
 from vqgen.data import load_images, split_indices
-from vqgen.evaluate import mse, psnr_from_mse
+from vqgen.metrics import mse, psnr_from_mse
 from vqgen.search import nearest_codes, search_codes
-from vqgen.stage1 import SPLIT_SEED, open_vqvae
+from vqgen.data import SPLIT_SEED
+from vqgen.vqvae import open_vqvae
 
 
 def main() -> None:

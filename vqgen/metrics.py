@@ -1,4 +1,5 @@
-"""Metric functions: reconstruction error (MSE, PSNR, SSIM), codebook usage, bits per code/dim, FID.
+"""Metric functions: reconstruction error (MSE, PSNR, SSIM), codebook usage, bits per code/dim, Frechet distance
+and FID.
 
 Tensors in (CPU or CUDA), Python floats / dicts out. Images are float in [0, 1] with shape (b, 3, H, W)
 unless a function says uint8.
@@ -295,97 +296,4 @@ def inception_features(images: torch.Tensor, device: str | torch.device = "cpu",
     for i in range(0, images.shape[0], batch_size):
         feats = model(images[i : i + batch_size].to(device))[0]
         out[i : i + feats.shape[0]] = feats.to(torch.float64).cpu()
-    return out
-
-
-# ---------------------------------------------------------------- the `vqgen evaluate` report
-
-
-def evaluate_models(data: str, *, vqvae: str | None = None, prior: str | None = None, split: str = "all",
-                    val_fraction: float = 0.02, batch_size: int = 250, device: str = "auto",
-                    fid: int = 0, seed: int = 0, data_root=None, cache_dir=None, search: int = 0,
-                    search_sweeps: int = 1, amp: bool | None = None) -> dict:
-    """Every headline figure of a VQ-VAE (and optionally a prior) on one image set, as a flat dict.
-
-    With search > 1 the images' codes come from vqgen.search's decoder-aware search instead of the nearest codes."""
-    from vqgen.data import load_images, split_indices
-    from vqgen.errors import ConfigError
-    from vqgen.search import SearchEncoder, check_search
-    from vqgen.stage1 import SPLIT_SEED, open_vqvae
-    from vqgen.stage2 import check_compatible, load_prior
-    from vqgen.weights import shipped
-
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    if split not in ("train", "val", "all"):
-        raise ConfigError(f"--split must be train, val or all, got {split!r}")
-    model, vsha, vpath = open_vqvae(vqvae, device)
-    check_search(model, search, search_sweeps)
-    dev = next(model.parameters()).device
-    p_model = p_meta = None
-    if prior is None and vqvae is None:  # the shipped pair is evaluated together, when both are shipped
-        try:
-            prior = str(shipped("prior"))
-        except ConfigError:
-            pass
-    if prior is not None:
-        p_model, p_meta = load_prior(prior, dev)
-        g = model.config.grid
-        check_compatible(p_model.config, vsha, p_meta["vqvae_sha256"], model.config.codebook_size, g, g, "the VQ-VAE")
-    images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
-    idx = torch.arange(len(images))
-    if split != "all":
-        tr, va = split_indices(len(images), val_fraction, SPLIT_SEED)
-        idx = tr if split == "train" else va
-    imgs = images.images[idx]
-    labels = images.labels[idx] if images.labels is not None else None
-    stats = RunningStats(model.config.codebook_size)
-    if p_model is not None and p_model.config.num_classes and labels is None:
-        raise ConfigError(f"the prior is class-conditional but {data} has no labels")
-    nll, nll_uncond, n_codes = 0.0, 0.0, 0
-    from vqgen.runtime import autocast, inference_amp
-
-    half = inference_amp(dev, amp)
-    with SearchEncoder(model, -(-imgs.shape[0] // batch_size), search, search_sweeps) as encoder, autocast(dev, half):
-        for i in range(0, imgs.shape[0], batch_size):
-            x = imgs[i : i + batch_size].to(dev).float() / 255
-            codes = encoder(x)
-            stats.update_images(x, model.decode(codes).float())
-            stats.update_codes(codes)
-            if p_model is not None:
-                lab = labels[i : i + batch_size].to(dev) if p_model.config.num_classes else None
-                with torch.no_grad():
-                    nll -= float(p_model.log_prob(codes, lab).double().sum())
-                    if lab is not None and p_model.has_null_class:
-                        nll_uncond -= float(p_model.log_prob(codes, torch.full_like(lab, p_model.null_label)).double().sum())
-                n_codes += codes.numel()
-    s = stats.summary()
-    out = {"num_images": s["images"], "num_codes": model.config.codebook_size, "mse": s["mse"], "psnr": s["psnr"],
-           "ssim": s["ssim"], "codes_used": s["codes_used"], "perplexity": s["perplexity"],
-           "unigram_entropy_bits": s["unigram_entropy_bits"]}
-    if search > 1:
-        out["search"], out["search_sweeps"] = search, search_sweeps
-    if p_model is not None:
-        bpc = bits_per_code(nll / n_codes)
-        out["bits_per_code"] = bpc
-        out["bits_per_dim"] = bits_per_dim(bpc, model.config.grid**2, tuple(imgs.shape[1:]))
-        if p_model.config.num_classes and p_model.has_null_class:  # the same prior, told no class: p(grid)
-            out["bits_per_code_unconditional"] = bits_per_code(nll_uncond / n_codes)
-    if fid:
-        if p_model is None:
-            raise ConfigError("--fid needs a prior to draw samples from; pass --prior")
-        gen = torch.Generator(device=dev).manual_seed(seed)
-        n_cls = p_model.config.num_classes
-        samples = []
-        for i in range(0, fid, batch_size):
-            n = min(batch_size, fid - i)
-            lab = (torch.arange(i, i + n, device=dev) % n_cls) if n_cls else None
-            samples.append((model.decode(p_model.sample(n, labels=lab, generator=gen)) * 255).round().byte().cpu())
-        f_real = inception_features(imgs, dev, batch_size=64)
-        f_fake = inception_features(torch.cat(samples), dev, batch_size=64)
-        out["fid"] = fid_from_features(f_real, f_fake)
-        out["fid_samples"] = fid
-    out["vqvae"] = vpath
-    if p_meta is not None:
-        out["prior"] = p_meta["path"]
     return out

@@ -1,7 +1,7 @@
-"""Can the encoder learn the searched codes? Fine-tunes only the encoder towards bench/probe_code_search.py's grids.
+"""Can the encoder learn the searched codes? Fine-tunes only the encoder towards bench/probes/probe_code_search.py's grids.
 
-    python bench/probe_code_search.py DATA --split train --n 6000 --candidates 4 --sweeps 1 --save targets.safetensors
-    python bench/probe_encoder_distill.py DATA targets.safetensors --minutes 15 --out distilled.safetensors
+    python bench/probes/probe_code_search.py DATA --split train --n 6000 --candidates 4 --sweeps 1 --save targets.safetensors
+    python bench/probes/probe_encoder_distill.py DATA targets.safetensors --minutes 15 --out distilled.safetensors
 
 The decoder and codebook stay frozen. The encoder is trained with cross-entropy over the codebook, the logits
 being minus the squared distances of its output to each code over --temperature, towards the grid the search
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from vqgen.data import load_images, split_indices
-from vqgen.evaluate import mse, psnr_from_mse
-from vqgen.stage1 import SPLIT_SEED, open_vqvae
+from vqgen.metrics import mse, psnr_from_mse
+from vqgen.data import SPLIT_SEED
+from vqgen.vqvae import open_vqvae
 from vqgen.vqvae import save_vqvae
 
 

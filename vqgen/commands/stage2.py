@@ -1,12 +1,10 @@
-"""Stage 2 as library calls: fit a registered prior on an index-grid file; save and load prior weights."""
+"""train-prior: fit a registered prior on an index-grid file (stage 2)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import math
-import shlex
 import typing
 from dataclasses import asdict
 from pathlib import Path
@@ -14,106 +12,29 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vqgen.checkpoint import (KIND_PRIOR, CheckpointError, file_sha256, first_problem, load_tensors, meta_json,
-                              save_tensors)
-from vqgen.codes import CodeSet, read_codes
-from vqgen.errors import CodesError, ConfigError
-from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed, resolve_device
-from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
-                         check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
+from priors import DEFAULT_PRIOR, get_prior
+from vqgen import log
+from vqgen.checkpoint import file_sha256
+from vqgen.codes import read_codes
+from vqgen.data import SPLIT_SEED, split_indices
+from vqgen.errors import CodesError, ConfigError, OptionError, check_fraction, check_positive
+from vqgen.metrics import LN2, code_usage
+from vqgen.prior_file import INIT_FREE_FIELDS, load_prior_tensors, save_prior, start_from
+from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed
+from vqgen.run import RunFolder, check_unchanged, fingerprint
+from vqgen.train import KeepBest, Trainer, TensorBatches, check_training_options
 
-WEIGHTS_FILE = "prior.safetensors"
 DEFAULT_LABEL_DROPOUT = 0.1  # Ho & Salimans' range (0.1-0.2); guidance then needs no second network
-SPLIT_SEED = 0
-LN2 = math.log(2)
-
-
-# -- prior files -----------------------------------------------------------------------------------------------
-def save_prior(prior: nn.Module, path, class_names: list[str], vqvae_sha256: str) -> None:
-    c = prior.config
-    meta = {"prior": prior.name, "config": asdict(c), "num_codes": c.num_codes, "height": c.height,
-            "width": c.width, "class_names": class_names, "vqvae_sha256": vqvae_sha256}
-    save_tensors(path, prior.state_dict(), KIND_PRIOR, meta)
-
-
-def load_prior_tensors(path) -> tuple[dict, dict]:
-    """A prior file's tensors and metadata (prior name, config, class names, VQ-VAE sha256), nothing built."""
-    tensors, raw = load_tensors(path, KIND_PRIOR)
-    name = raw.get("prior")
-    if not name:
-        raise CheckpointError(f"{path} names no prior in its metadata; it was not written by vqgen")
-    meta = {"prior": name, "config": meta_json(raw, "config", path), "class_names": meta_json(raw, "class_names", path),
-            "vqvae_sha256": raw.get("vqvae_sha256", "")}
-    return tensors, meta
-
-
-def load_prior(path, device: torch.device | str = "cpu"):
-    """Rebuild a prior from its weights file; returns (prior in eval mode, metadata dict)."""
-    from priors import get_prior
-
-    tensors, m = load_prior_tensors(path)
-    name, cfg = m["prior"], m["config"]
-    try:
-        cls = get_prior(name)
-    except ConfigError as e:
-        raise CheckpointError(f"{path} was written by a prior this installation lacks: {e}") from None
-    try:
-        prior = cls(cls.config_class(**cfg))
-        prior.load_state_dict(tensors)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: weights do not match the {name} config ({first_problem(e)})") from None
-    meta = {**m, "sha256": file_sha256(path), "path": str(path)}
-    return prior.to(device).eval(), meta
-
-
-# fields a prior started from another may change: they shape training, not what the weights compute
-INIT_FREE_FIELDS = ("dropout", "label_dropout")
-
-
-@torch.no_grad()
-def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
-    """Load a trained prior's weights into `prior` (train-prior --init-from): same prior and sizes, but dropout and
-    label dropout may change; a class embedding that gains the null class keeps its rows and starts the null
-    row at their mean (the average class: a start for p(grid) that a few thousand steps refine)."""
-    cfg = asdict(prior.config)
-    for k, v in meta["config"].items():
-        if k not in INIT_FREE_FIELDS and cfg.get(k) != v:
-            raise ConfigError(f"--init-from {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
-                              f"only be started from one of the same shape (it may change only {', '.join(INIT_FREE_FIELDS)})")
-    own = prior.state_dict()
-    for k, new in own.items():
-        old = tensors.get(k)
-        if old is None:
-            raise ConfigError(f"--init-from {path} lacks the tensor {k}; it is not a {meta['prior']} of this shape")
-        if old.shape == new.shape:
-            new.copy_(old)
-        elif prior.has_null_class and old.dim() == 2 and old.shape[0] + 1 == new.shape[0] \
-                and old.shape[1:] == new.shape[1:]:
-            new[:-1] = old
-            new[-1] = old.mean(0)
-        else:
-            raise ConfigError(f"--init-from {path}: {k} is {tuple(old.shape)}, this run needs {tuple(new.shape)}")
-
-
-def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, h: int, w: int, what: str) -> None:
-    """Refuse a prior and codes/VQ-VAE that do not belong together, naming what differs."""
-    if prior_cfg.num_codes != num_codes:
-        raise ConfigError(f"the prior models K={prior_cfg.num_codes} codes but {what} has K={num_codes}")
-    if (prior_cfg.height, prior_cfg.width) != (h, w):
-        raise ConfigError(f"the prior models {prior_cfg.height}x{prior_cfg.width} grids but {what} has {h}x{w}")
-    if prior_sha and vqvae_sha and prior_sha != vqvae_sha:
-        raise ConfigError(
-            f"the prior was trained on codes of another VQ-VAE (sha256 {prior_sha[:12]}…, {what} is {vqvae_sha[:12]}…); "
-            "use the VQ-VAE it was trained with, or train a prior on codes from this one"
-        )
+# prior config fields train-prior sets itself, from the codes and --label-dropout: never a -o option
+SET_BY_THE_RUN = ("num_codes", "height", "width", "num_classes", "label_dropout")
 
 
 # -- prior options ("key=value" strings -> typed config fields) --------------------------------------------------
 def parse_prior_options(config_class, options: list[str]) -> dict:
-    """Turn repeated `--opt key=value` strings into typed fields of the prior's config dataclass."""
+    """Turn `key=value` strings (train-prior -o) into typed fields of the prior's config dataclass."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     hints = typing.get_type_hints(config_class)
-    reserved = {"num_codes", "height", "width", "num_classes", "label_dropout"}
+    reserved = set(SET_BY_THE_RUN)
     out = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -208,60 +129,55 @@ def train_prior(
     None means "not given": the default for a new run, the run's own value on resume. On resume the code files
     may be given again (say, moved), but their contents must be the run's; a different prior, prior option,
     conditioning or held-out split is refused rather than ignored."""
-    from priors import DEFAULT_PRIOR, get_prior
-
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir, "prior")
     overrides = dict(train)
-    stored_data = None
-    if resume and init_from is not None:
-        raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint (drop one)")
+    check_training_options(overrides, epochs)
+    check_positive("threads", threads)
+    check_fraction("val_fraction", val_fraction)
+    check_fraction("label_dropout", label_dropout, low_open=False)
+    if codes_path is None and not resume:
+        raise OptionError("{codes_path} is required (unless {resume=True})", "codes_path")
+    run.begin(resume, init_from)
     start = None
     if init_from is not None:
         start_tensors, start_meta = load_prior_tensors(init_from)
         if prior_name is not None and prior_name != start_meta["prior"]:
-            raise ConfigError(f"--init-from {init_from} is a {start_meta['prior']} prior, not a {prior_name} one")
+            raise ConfigError(f"{{init_from}} {init_from} is a {start_meta['prior']} prior, not a {prior_name} one")
         prior_name = start_meta["prior"]
         # its sizes are the run's, unless -o says otherwise (then start_from says what does not fit)
         prior_options = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in start_meta["config"].items()
-                         if k not in ("num_codes", "height", "width", "num_classes", "label_dropout", *INIT_FREE_FIELDS)] \
+                         if k not in (*SET_BY_THE_RUN, *INIT_FREE_FIELDS)] \
             + list(prior_options)
         start = (start_tensors, start_meta)
-    if resume:
-        meta = read_run_meta(run_dir, "prior")
-        stored_data = json.loads(meta["data"])
-        stored_name, cfg_dict = meta["prior"], json.loads(meta["prior_config"])
-        check_unchanged({"--prior": prior_name, "--val-fraction": None if stored_data["val_codes"] else val_fraction,
-                         "--class-conditional/--unconditional": class_conditional},
-                        {"--prior": stored_name, "--val-fraction": stored_data["val_fraction"],
-                         "--class-conditional/--unconditional": cfg_dict["num_classes"] > 0})
+    if run.resuming:
+        stored_data = run.record("data")
+        stored_name, cfg_dict = run.stored["prior"], run.record("prior_config")
+        check_unchanged({"prior_name": prior_name, "val_fraction": None if stored_data["val_codes"] else val_fraction,
+                         "class_conditional": class_conditional, "label_dropout": label_dropout},
+                        {"prior_name": stored_name, "val_fraction": stored_data["val_fraction"],
+                         "class_conditional": cfg_dict["num_classes"] > 0,
+                         "label_dropout": cfg_dict.get("label_dropout", 0.0)})
         if prior_options:
             given = parse_prior_options(get_prior(stored_name).config_class, prior_options)
-            check_unchanged({f"-o {k}": v for k, v in given.items()}, {f"-o {k}": v for k, v in cfg_dict.items()})
-        check_unchanged({"--label-dropout": label_dropout}, {"--label-dropout": cfg_dict.get("label_dropout", 0.0)})
+            check_unchanged({f"prior_options.{k}": v for k, v in given.items()},
+                            {f"prior_options.{k}": v for k, v in cfg_dict.items()})
         if val_codes is not None and stored_data["val_codes"] is None:
-            raise ConfigError("--val-codes does not match the run being resumed, which holds out a split of --codes; "
-                              "drop the option, or start a new run with another --out")
+            raise ConfigError("{val_codes} does not match the run being resumed, which holds out a split of "
+                              "{codes_path}; drop the option, or start a new run with another {run_dir}")
         prior_name, class_conditional = stored_name, cfg_dict["num_classes"] > 0
         codes_path = stored_data["codes"] if codes_path is None else codes_path
         val_codes = stored_data["val_codes"] if val_codes is None else val_codes
         val_fraction = stored_data["val_fraction"]
-        train_cfg = resumed_config(meta, overrides)
-        threads = resumed_speed(meta)["threads"] if threads is None else threads
     else:
-        if codes_path is None:
-            raise ConfigError("--codes is required (unless --resume)")
-        if (run_dir / "checkpoint.safetensors").exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        check_run_dir(run_dir)
         prior_name = prior_name or DEFAULT_PRIOR
         val_fraction = 0.05 if val_fraction is None else val_fraction
-        train_cfg = TrainConfig(**overrides)
-    train_cfg.validate()
+    train_cfg = run.train_config(overrides)
+    _, threads = run.speed_settings(None, threads)
     cls = get_prior(prior_name)
     cs = read_codes(codes_path)
     if class_conditional and cs.labels is None:
         raise ConfigError(f"{codes_path} has no labels, so a class-conditional prior cannot be trained; "
-                          "pass --unconditional")
+                          "pass {class_conditional=False}")
     conditional = cs.labels is not None and bool(cs.class_names) if class_conditional is None else class_conditional
     if val_codes:
         vs = read_codes(val_codes)
@@ -269,12 +185,8 @@ def train_prior(
             raise CodesError(f"{val_codes} does not match {codes_path} (K, grid shape or VQ-VAE differ)")
         tr_codes, tr_labels, va_codes, va_labels = cs.codes, cs.labels, vs.codes, vs.labels
     else:
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
         if len(cs) < 2:
             raise CodesError(f"{codes_path} holds {len(cs)} grid; at least 2 are needed (one is held out)")
-        from vqgen.data import split_indices
-
         tr, va = split_indices(len(cs), val_fraction, SPLIT_SEED)
         lab = cs.labels
         tr_codes, va_codes = cs.codes[tr], cs.codes[va]
@@ -282,25 +194,24 @@ def train_prior(
     if not conditional:
         tr_labels = va_labels = None
     codes_sha = fingerprint(tr_codes, tr_labels, va_codes, va_labels)
-    if stored_data is not None:
-        check_same_data(stored_data, codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])), run_dir)
-    if not resume:
+    run.check_same_data(codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])))
+    if not run.resuming:
         if label_dropout is None:  # guidance needs a null class: on by default wherever the prior can have one
             label_dropout = DEFAULT_LABEL_DROPOUT if conditional and cls.supports_null_class else 0.0
         elif label_dropout > 0 and not conditional:
-            raise ConfigError("--label-dropout needs a class-conditional prior; these codes are trained unconditionally")
+            raise ConfigError("{label_dropout} needs a class-conditional prior; these codes are trained unconditionally")
         cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options),
                     "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
                     "num_classes": len(cs.class_names) if conditional else 0, "label_dropout": float(label_dropout)}
     if epochs is not None:
-        train_cfg.steps = max(1, math.ceil(epochs * tr_codes.shape[0] / train_cfg.batch_size))
+        train_cfg.train_for_epochs(epochs, tr_codes.shape[0])
 
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
     prior = cls(cls.config_class(**cfg_dict))
     if start is not None:
         if start[1]["vqvae_sha256"] and cs.vqvae_sha256 and start[1]["vqvae_sha256"] != cs.vqvae_sha256:
-            raise ConfigError(f"--init-from {init_from} learned the codes of another VQ-VAE than {codes_path}")
+            raise ConfigError(f"{{init_from}} {init_from} learned the codes of another VQ-VAE than {codes_path}")
         start_from(prior, init_from, start[1], start[0])
     prior = prior.to(dev)
     probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
@@ -321,8 +232,6 @@ def train_prior(
     speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, threads=threads, memory_format_matters=False,
                          dist=dist)
     train_cfg.amp = speed.amp
-    from vqgen import log
-
     log.note(f"computing in {speed.describe()}")
     batches = TensorBatches((tr_codes.to(dev), tr_labels.to(dev) if tr_labels is not None else None),
                             train_cfg.batch_size, train_cfg.seed, dist)
@@ -337,20 +246,17 @@ def train_prior(
     if init_from is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": file_sha256(init_from)}
     trainer = Trainer(
-        PriorObjective(prior), batches, train_cfg, run_dir, dev, dist, run_meta=run_meta,
-        export=lambda: save_prior(prior, run_dir / WEIGHTS_FILE, class_names, cs.vqvae_sha256),
+        PriorObjective(prior), batches, train_cfg, run, dev, dist, run_meta=run_meta,
+        export=lambda: save_prior(prior, run.weights, class_names, cs.vqvae_sha256),
         evaluate=lambda: evaluate_prior(prior, va_codes, va_labels, amp=train_cfg.amp),
         describe_metrics=lambda m: {k: v.item() for k, v in m.items()}, compile=compile,
-        resume_command=f"vqgen train-prior --out {shlex.quote(str(run_dir))} --resume",
         keep_best=KeepBest("val_bits_per_code", False,
-                           lambda: save_prior(prior, run_dir / BEST_FILE, class_names, cs.vqvae_sha256))
+                           lambda: save_prior(prior, run.best, class_names, cs.vqvae_sha256))
         if va_codes.shape[0] else None,
         speed=speed,
     )
-    summary = trainer.fit(resume=resume)
-    from vqgen.evaluate import code_usage
-
+    summary = trainer.fit(resume=run.resuming)
     summary.update({"steps": trainer.step, "prior": prior_name, "class_conditional": conditional,
                     "unigram_entropy_bits": code_usage(tr_codes, cs.num_codes)["unigram_entropy_bits"],
-                    "weights": str(run_dir / WEIGHTS_FILE)})
+                    "weights": str(run.weights)})
     return summary

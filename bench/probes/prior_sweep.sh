@@ -2,8 +2,8 @@
 # Held-out bits per code against wall time for candidate prior sizes (how the default prior sizes were picked).
 # Each candidate trains for SECONDS of wall time on one thread (two run side by side on a 2-core machine), at the
 # default batch size with a constant learning rate, evaluating on the held-out codes every 100 steps.
-#   bash bench/prior_sweep.sh TRAIN_CODES VAL_CODES [OUT_ROOT]
-# Then: python3 bench/summarize_sweep.py OUT_ROOT
+#   bash bench/probes/prior_sweep.sh TRAIN_CODES VAL_CODES [OUT_ROOT]
+# Then: python3 bench/probes/summarize_sweep.py OUT_ROOT
 set -euo pipefail
 train=$1; val=$2; out=${3:-runs/prior-sweep}; secs=${SECONDS_PER_RUN:-360}
 export OMP_NUM_THREADS=1 VQGEN_QUIET=1

@@ -1,10 +1,10 @@
 """Where the shipped VQ-VAE loses PSNR: training images against held-out ones, and whether augmented fine-tuning helps.
 
-    python bench/probe_generalisation.py DATA --n-train 10000          # PSNR on random training images vs held-out
-    python bench/probe_generalisation.py DATA --tune decoder --minutes 15
-    python bench/probe_generalisation.py DATA --tune all --minutes 15
-    python bench/probe_generalisation.py DATA --grow 256,6,128 --tune decoder --minutes 25 --lr 5e-4
-    python bench/probe_generalisation.py DATA --up-blocks 2 --tune decoder --minutes 15
+    python bench/probes/probe_generalisation.py DATA --n-train 10000          # PSNR on random training images vs held-out
+    python bench/probes/probe_generalisation.py DATA --tune decoder --minutes 15
+    python bench/probes/probe_generalisation.py DATA --tune all --minutes 15
+    python bench/probes/probe_generalisation.py DATA --grow 256,6,128 --tune decoder --minutes 25 --lr 5e-4
+    python bench/probes/probe_generalisation.py DATA --up-blocks 2 --tune decoder --minutes 15
 
 `--tune` fine-tunes a copy of the VQ-VAE for a fixed wall time with left-right flips and a random translation
 (reflect-padded, one shift per batch, up to --shift pixels), AdamW at --lr with warm-up and cosine decay over
@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from vqgen.data import load_images, split_indices
-from vqgen.evaluate import mse, psnr_from_mse
-from vqgen.stage1 import SPLIT_SEED, open_vqvae
+from vqgen.metrics import mse, psnr_from_mse
+from vqgen.data import SPLIT_SEED
+from vqgen.vqvae import open_vqvae
 from vqgen.grow import grow_into
 from vqgen.vqvae import VQVAE, ResBlock, shift_images
 

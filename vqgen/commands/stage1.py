@@ -1,11 +1,10 @@
-"""Stage 1 as library calls: train a VQ-VAE, reconstruct images with it, encode images into index grids."""
+"""train-vqvae, reconstruct and encode: train a VQ-VAE (stage 1), reconstruct images with it, encode images
+into index grids."""
 
 from __future__ import annotations
 
 import copy
 import json
-import math
-import shlex
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,19 +13,18 @@ import torch
 from vqgen import log
 from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
-from vqgen.errors import ConfigError, DataError
-from vqgen.evaluate import RunningStats, code_usage, psnr_from_mse
+from vqgen.data import SPLIT_SEED, SPLITS, load_images, load_inputs, select_split, split_indices
+from vqgen.errors import (ConfigError, DataError, OptionError, check_at_least, check_choice, check_fraction,
+                          check_positive)
+from vqgen.grow import check_growable, grow_into
 from vqgen.images import make_grid, save_png
-from vqgen.runtime import (PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first,
-                           resolve_device)
-from vqgen.train import (BEST_FILE, KeepBest, Trainer, TensorBatches, TrainConfig, check_run_dir, check_same_data,
-                         check_unchanged, fingerprint, read_run_meta, resumed_config, resumed_speed)
-from vqgen.search import SearchEncoder, check_search
-from vqgen.vqvae import VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, save_vqvae, shift_images
-
-SPLIT_SEED = 0  # the held-out split is fixed, whatever --seed trains with, so figures stay comparable
-WEIGHTS_FILE = "vqvae.safetensors"
-GRID_FILE = "reconstructions.png"
+from vqgen.metrics import RunningStats, code_usage, psnr_from_mse
+from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first
+from vqgen.search import SearchEncoder, check_search, check_search_options
+from vqgen.run import GRID_FILE, RunFolder, check_unchanged, fingerprint
+from vqgen.train import KeepBest, Trainer, TensorBatches, TrainConfig, check_training_options
+from vqgen.vqvae import (VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, open_vqvae, read_vqvae_config, save_vqvae,
+                         shift_images)
 
 
 @torch.no_grad()
@@ -35,7 +33,7 @@ def evaluate_reconstruction(model: VQVAE, images: torch.Tensor, batch_size: int 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    stats = RunningStats(model.config.codebook_size, with_ssim=False)
+    stats = RunningStats(model.config.num_codes, with_ssim=False)
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size].to(device).float() / 255
         with autocast(device, amp):
@@ -45,7 +43,7 @@ def evaluate_reconstruction(model: VQVAE, images: torch.Tensor, batch_size: int 
     model.train(was_training)
     s = stats.summary()
     return {"val_mse": s["mse"], "val_psnr": s["psnr"], "codes_used": s["codes_used"],
-            "perplexity": s["perplexity"], "num_codes": model.config.codebook_size, "val_images": s["images"]}
+            "perplexity": s["perplexity"], "num_codes": model.config.num_codes, "val_images": s["images"]}
 
 
 @torch.no_grad()
@@ -92,58 +90,37 @@ def train_vqvae(
     from `init_from`, from the run when resuming, else from VQVAEConfig(). On resume, `data` (None = where the
     run read it) may point to a new place, but its contents must be the run's; options that would change the
     model or the held-out split are refused rather than ignored."""
-    from vqgen.data import load_images, split_indices
-
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir, "vqvae")
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
     given = asdict(model) if isinstance(model, VQVAEConfig) else {k: v for k, v in model.items() if v is not None}
-    if resume and init_from is not None:
-        raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint (drop one)")
-    stored_data = None
-    if resume:
-        meta = read_run_meta(run_dir, "vqvae")
-        stored_model = json.loads(meta["vqvae_config"])
-        stored_data = json.loads(meta["data"])
-        opt = lambda d: {"--" + k.replace("_", "-"): v for k, v in d.items()}
-        check_unchanged(opt(given), opt(stored_model))
-        stored_shift = stored_data.get("shift", 0)  # runs from before --shift existed did not shift
-        check_unchanged({"--val-fraction": val_fraction, "--flip/--no-flip": flip, "--shift": shift},
-                        {"--val-fraction": stored_data["val_fraction"], "--flip/--no-flip": stored_data["flip"],
-                         "--shift": stored_shift})
-        model_cfg = VQVAEConfig.from_dict(stored_model)
-        data = stored_data["spec"] if data is None else data
-        val_fraction, flip, shift = stored_data["val_fraction"], stored_data["flip"], stored_shift
-        train_cfg = resumed_config(meta, overrides)
-        kept = resumed_speed(meta)
-        channels_last = kept["channels_last"] if channels_last is None else channels_last
-        threads = kept["threads"] if threads is None else threads
+    replace(VQVAEConfig(), **given).validate()  # the values given, each judged alone, before any file is read
+    check_training_options(overrides, epochs)
+    check_positive("threads", threads)
+    check_fraction("val_fraction", val_fraction)
+    check_at_least("shift", shift, 0)
+    if data is None and not resume:
+        raise OptionError("{data} is required (unless {resume=True})", "data")
+    run.begin(resume, init_from)
+    if run.resuming:
+        model_cfg = VQVAEConfig.from_dict(run.record("vqvae_config"))  # runs from before num_codes too
+        stored = run.record("data")
+        stored_shift = stored.get("shift", 0)  # runs from before --shift existed did not shift
+        check_unchanged({**given, "val_fraction": val_fraction, "flip": flip, "shift": shift},
+                        {**model_cfg.to_dict(), "val_fraction": stored["val_fraction"], "flip": stored["flip"],
+                         "shift": stored_shift})
+        data = stored["spec"] if data is None else data
+        val_fraction, flip, shift = stored["val_fraction"], stored["flip"], stored_shift
     else:
-        if data is None:
-            raise ConfigError("--data is required (unless --resume)")
-        base = VQVAEConfig()
-        if init_from is not None:
-            from vqgen.vqvae import read_vqvae_config
-
-            base = read_vqvae_config(init_from)
-        model_cfg = replace(base, **given)
+        model_cfg = replace(read_vqvae_config(init_from) if init_from is not None else VQVAEConfig(), **given)
         val_fraction = 0.02 if val_fraction is None else val_fraction
         flip, shift = bool(flip), shift or 0
-        train_cfg = TrainConfig(**overrides)
+    train_cfg = run.train_config(overrides)
+    channels_last, threads = run.speed_settings(channels_last, threads)
     _check_shift(shift, model_cfg.image_size)
     start = None
     if init_from is not None:
-        from vqgen.grow import check_growable
-
         start, start_sha = load_vqvae(init_from)
         check_growable(start.config, model_cfg)
-    if not resume and (run_dir / "checkpoint.safetensors").exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    check_run_dir(run_dir)
-    if model_cfg.image_size % 4 or model_cfg.image_size <= 0:
-        raise ConfigError(f"--image-size must be a positive multiple of 4, got {model_cfg.image_size}")
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    train_cfg.validate()
     dist, dev = init_distributed(device)
     torch.manual_seed(train_cfg.seed)
 
@@ -152,19 +129,16 @@ def train_vqvae(
     if len(images.images) < 2:
         raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
     data_sha = fingerprint(images.images, images.labels)
-    if stored_data is not None:
-        check_same_data(stored_data, data_sha, data, run_dir)
+    run.check_same_data(data_sha, data)
     tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
     if epochs is not None:
-        train_cfg.steps = max(1, math.ceil(epochs * len(tr) / train_cfg.batch_size))
+        train_cfg.train_for_epochs(epochs, len(tr))
     train_images = images.images[tr].to(dev)
     val_images = images.images[va]
     fixed = val_images[:32]
 
     model = VQVAE(model_cfg)
     if start is not None:
-        from vqgen.grow import grow_into
-
         grow_into(model, start)
     model = model.to(dev)
     probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
@@ -194,8 +168,8 @@ def train_vqvae(
     batches = TensorBatches((train_images,), train_cfg.batch_size, train_cfg.seed, dist)
 
     def export() -> None:
-        save_vqvae(model, run_dir / WEIGHTS_FILE)
-        save_png(reconstruction_grid(model, fixed), run_dir / GRID_FILE)
+        save_vqvae(model, run.weights)
+        save_png(reconstruction_grid(model, fixed), run.dir / GRID_FILE)
 
     run_meta = {
         "kind": "vqvae",
@@ -206,13 +180,12 @@ def train_vqvae(
     }
     if start is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}
-    keep_best = KeepBest("val_psnr", True, lambda: save_vqvae(model, run_dir / BEST_FILE)) if len(va) else None
-    trainer = Trainer(objective, batches, train_cfg, run_dir, dev, dist, run_meta=run_meta, export=export,
+    keep_best = KeepBest("val_psnr", True, lambda: save_vqvae(model, run.best)) if len(va) else None
+    trainer = Trainer(objective, batches, train_cfg, run, dev, dist, run_meta=run_meta, export=export,
                       evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
-                      describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best,
-                      resume_command=f"vqgen train-vqvae --out {shlex.quote(str(run_dir))} --resume", speed=speed)
-    summary = trainer.fit(resume=resume)
-    summary.update({"steps": trainer.step, "weights": str(run_dir / WEIGHTS_FILE)})
+                      describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best, speed=speed)
+    summary = trainer.fit(resume=run.resuming)
+    summary.update({"steps": trainer.step, "weights": str(run.weights)})
     return summary
 
 
@@ -223,15 +196,6 @@ def _absolute(spec: str) -> str:
 
 
 # -- using a trained VQ-VAE --------------------------------------------------------------------------------
-def open_vqvae(path: str | None, device: str = "auto") -> tuple[VQVAE, str, str]:
-    """Load the given VQ-VAE, or the shipped one when path is None; returns (model, sha256, path)."""
-    from vqgen.weights import shipped
-
-    path = path or shipped("vqvae")
-    model, sha = load_vqvae(path, resolve_device(device))
-    return model, sha, str(path)
-
-
 @torch.no_grad()
 def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     device = next(encoder.model.parameters()).device
@@ -241,8 +205,9 @@ def _encode_all(encoder: SearchEncoder, images: torch.Tensor, batch_size: int) -
 
 
 def _check_shift(shift: int, image_size: int) -> None:
-    if not 0 <= shift < image_size // 2:  # reflect padding must be narrower than the image
-        raise ConfigError(f"--shift must be between 0 and {image_size // 2 - 1} pixels, got {shift}")
+    """A shift (>= 0, checked with the other options) must fit the model's images."""
+    if shift >= image_size // 2:  # reflect padding must be narrower than the image
+        raise ConfigError(f"{{shift}} must be between 0 and {image_size // 2 - 1} pixels, got {shift}")
 
 
 def _shift_tag(shift: int, copies: int, seed: int) -> str:
@@ -272,12 +237,11 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
     """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs.
 
     With search > 1 each image's codes come from a decoder-aware search among that many nearest codes."""
-    from vqgen.data import load_inputs
-
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    check_positive("batch_size", batch_size)
+    check_positive("nrow", nrow)
+    check_search_options(search, search_sweeps)
     model, _, path = open_vqvae(vqvae, device)
-    check_search(model, search, search_sweeps)
+    check_search(model, search)
     out = Path(out)
     if out.suffix.lower() == ".png":
         check_parent(out)
@@ -329,28 +293,25 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     image's translations all different, give (1 + shift_copies) times the grids.
     With search > 1 the grids come from a decoder-aware search among that many nearest codes (vqgen.search).
     """
-    from vqgen.data import load_images, split_indices
-
-    if split not in ("train", "val", "all"):
-        raise ConfigError(f"--split must be train, val or all, got {split!r}")
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    model, sha, path = open_vqvae(vqvae, device)
-    check_search(model, search, search_sweeps)
-    _check_shift(shift, model.config.image_size)
+    check_choice("split", split, SPLITS)
+    check_fraction("val_fraction", val_fraction)
+    check_positive("batch_size", batch_size)
+    check_search_options(search, search_sweeps)
+    check_at_least("shift", shift, 0)
     side = 2 * shift + 1
     if shift_copies != 1 and not shift:
-        raise ConfigError("--shift-copies counts translated copies; give --shift N (N > 0) with it")
-    if shift and not 1 <= shift_copies < side * side:
-        raise ConfigError(f"--shift-copies must be between 1 and {side * side - 1} (the non-zero translations of up "
-                          f"to --shift {shift} pixels), got {shift_copies}")
+        raise OptionError("{shift_copies} counts translated copies; give {shift} N (N > 0) with it", "shift_copies")
+    if shift and not (isinstance(shift_copies, int) and 1 <= shift_copies < side * side):
+        raise OptionError(f"{{shift_copies}} must be between 1 and {side * side - 1} (the non-zero translations of "
+                          f"up to {{shift={shift}}} pixels), got {shift_copies}", "shift_copies", shift_copies,
+                          f"1 to {side * side - 1}")
+    model, sha, path = open_vqvae(vqvae, device)
+    check_search(model, search)
+    _check_shift(shift, model.config.image_size)
     out = Path(out)
     check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
-    idx = torch.arange(len(images.images))
-    if split != "all":
-        tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
-        idx = tr if split == "train" else va
+    idx = select_split(len(images), split, val_fraction)
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
     # codes of a mirrored or shifted image are not the mirrored or shifted codes (the encoder is neither
@@ -374,7 +335,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     codes = torch.cat(codes)
     labels = labels.repeat(copies) if labels is not None else None
     searched = f"+search{search}x{search_sweeps}" if search > 1 else ""
-    cs = CodeSet(codes, model.config.codebook_size, labels, list(images.class_names), sha,
+    cs = CodeSet(codes, model.config.num_codes, labels, list(images.class_names), sha,
                  f"{images.source}#{split}" + ("+flip" if flip else "") + _shift_tag(shift, shift_copies, seed)
                  + searched)
     write_codes(out, cs)

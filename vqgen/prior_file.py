@@ -1,0 +1,102 @@
+"""A prior's file: save, load (tensors only, or the rebuilt prior), start a new prior from one, and the pairing
+check between a prior and the VQ-VAE (or the codes) it is used with.
+
+The file is safetensors with the registry name, the config, the class names and the sha256 of the VQ-VAE whose
+codes the prior learned; a prior is rebuilt as get_prior(name)(config_class(**config)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn as nn
+
+from priors import get_prior
+from vqgen.checkpoint import KIND_PRIOR, file_sha256, first_problem, load_tensors, meta_json, save_tensors
+from vqgen.errors import CheckpointError, ConfigError
+from vqgen.runtime import resolve_device
+from vqgen.weights import shipped
+
+
+def save_prior(prior: nn.Module, path, class_names: list[str], vqvae_sha256: str) -> None:
+    c = prior.config
+    meta = {"prior": prior.name, "config": asdict(c), "num_codes": c.num_codes, "height": c.height,
+            "width": c.width, "class_names": class_names, "vqvae_sha256": vqvae_sha256}
+    save_tensors(path, prior.state_dict(), KIND_PRIOR, meta)
+
+
+def load_prior_tensors(path) -> tuple[dict, dict]:
+    """A prior file's tensors and metadata (prior name, config, class names, VQ-VAE sha256), nothing built."""
+    tensors, raw = load_tensors(path, KIND_PRIOR)
+    name = raw.get("prior")
+    if not name:
+        raise CheckpointError(f"{path} names no prior in its metadata; it was not written by vqgen")
+    meta = {"prior": name, "config": meta_json(raw, "config", path), "class_names": meta_json(raw, "class_names", path),
+            "vqvae_sha256": raw.get("vqvae_sha256", "")}
+    return tensors, meta
+
+
+def load_prior(path, device: torch.device | str = "cpu"):
+    """Rebuild a prior from its weights file; returns (prior in eval mode, metadata dict)."""
+    tensors, m = load_prior_tensors(path)
+    name, cfg = m["prior"], m["config"]
+    try:
+        cls = get_prior(name)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} was written by a prior this installation lacks: {e}") from None
+    try:
+        prior = cls(cls.config_class(**cfg))
+        prior.load_state_dict(tensors)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: weights do not match the {name} config ({first_problem(e)})") from None
+    meta = {**m, "sha256": file_sha256(path), "path": str(path)}
+    return prior.to(device).eval(), meta
+
+
+# fields a prior started from another may change: they shape training, not what the weights compute
+INIT_FREE_FIELDS = ("dropout", "label_dropout")
+
+
+@torch.no_grad()
+def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
+    """Load a trained prior's weights into `prior` (train-prior --init-from): same prior and sizes, but dropout and
+    label dropout may change; a class embedding that gains the null class keeps its rows and starts the null
+    row at their mean (the average class: a start for p(grid) that a few thousand steps refine)."""
+    cfg = asdict(prior.config)
+    for k, v in meta["config"].items():
+        if k not in INIT_FREE_FIELDS and cfg.get(k) != v:
+            raise ConfigError(f"{{init_from}} {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
+                              f"only be started from one of the same shape (it may change only {', '.join(INIT_FREE_FIELDS)})")
+    own = prior.state_dict()
+    for k, new in own.items():
+        old = tensors.get(k)
+        if old is None:
+            raise ConfigError(f"{{init_from}} {path} lacks the tensor {k}; it is not a {meta['prior']} of this shape")
+        if old.shape == new.shape:
+            new.copy_(old)
+        elif prior.has_null_class and old.dim() == 2 and old.shape[0] + 1 == new.shape[0] \
+                and old.shape[1:] == new.shape[1:]:
+            new[:-1] = old
+            new[-1] = old.mean(0)
+        else:
+            raise ConfigError(f"{{init_from}} {path}: {k} is {tuple(old.shape)}, this run needs {tuple(new.shape)}")
+
+
+def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, h: int, w: int, what: str) -> None:
+    """Refuse a prior and codes/VQ-VAE that do not belong together, naming what differs."""
+    if prior_cfg.num_codes != num_codes:
+        raise ConfigError(f"the prior models K={prior_cfg.num_codes} codes but {what} has K={num_codes}")
+    if (prior_cfg.height, prior_cfg.width) != (h, w):
+        raise ConfigError(f"the prior models {prior_cfg.height}x{prior_cfg.width} grids but {what} has {h}x{w}")
+    if prior_sha and vqvae_sha and prior_sha != vqvae_sha:
+        raise ConfigError(
+            f"the prior was trained on codes of another VQ-VAE (sha256 {prior_sha[:12]}…, {what} is {vqvae_sha[:12]}…); "
+            "use the VQ-VAE it was trained with, or train a prior on codes from this one"
+        )
+
+
+def open_prior(path=None, device: str = "auto"):
+    """Load the given prior, or the shipped one when path is None; returns (prior in eval mode, metadata dict).
+    `device` is a name: auto, cpu, cuda or cuda:N."""
+    return load_prior(path or shipped("prior"), resolve_device(str(device)))
