@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.base import Pick, Prior, PriorConfig
+from priors.base import AutoregressivePrior, Pick, PriorConfig
 from vqgen.errors import ConfigError
 
 
@@ -86,7 +86,7 @@ class GatedLayer(nn.Module):
         return v_out, h + res, skip
 
 
-class PixelCNN(Prior):
+class PixelCNN(AutoregressivePrior):
     config_class = PixelCNNConfig
     supports_null_class = True
 
