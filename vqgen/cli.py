@@ -146,6 +146,8 @@ SearchSweepsOpt = typer.Option(1, "--search-sweeps", help="Passes of --search ov
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: auto, the faster of torch's default "
                           "and the usable cores, measured with --amp's choice; OMP_NUM_THREADS is respected).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+SamplingOptionsOpt = typer.Option([], "--opt", "-o", help="A sampling option of the prior, key=value (repeatable): "
+                                  "maskgit's steps and choice_temperature, e.g. -o steps=12.")
 
 
 def _train_overrides(**given) -> dict:
@@ -318,6 +320,7 @@ def sample(
     nrow: int = typer.Option(8, "--nrow", help="Images per grid row (a conditional prior draws one class per row)."),
     save_codes: Optional[str] = typer.Option(None, "--save-codes", help="Also write the sampled index grids here."),
     batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
+    opt: List[str] = SamplingOptionsOpt,
     amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
@@ -327,7 +330,7 @@ def sample(
 
     emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
              seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size, amp=amp,
-             guidance=guidance, unconditional=unconditional), as_json)
+             guidance=guidance, unconditional=unconditional, prior_options=opt), as_json)
 
 
 @app.command("priors", epilog="Example: vqgen priors --json")
