@@ -31,6 +31,16 @@ def resolve_class(value: str | int, class_names: list[str], num_classes: int) ->
     raise ConfigError(f"unknown class {value!r}; known classes: {', '.join(names)} (or an index 0-{num_classes - 1})")
 
 
+def open_pair(prior: str | None, vqvae: str | None, dev: torch.device, prior_options=None):
+    """A prior and the VQ-VAE it is used with (default: the shipped ones), refused when they do not belong
+    together; returns (prior, prior metadata, VQ-VAE, VQ-VAE sha256)."""
+    model_p, pmeta = open_prior(prior, str(dev), prior_options)
+    model_v, vsha, _ = open_vqvae(vqvae, str(dev))
+    g = model_v.config.grid
+    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
+    return model_p, pmeta, model_v, vsha
+
+
 @dataclass
 class Samples:
     """What one draw produced."""
@@ -81,10 +91,7 @@ def draw_samples(
         raise OptionError("{guidance} steers towards a class; {unconditional=True} draws without one: drop one of "
                           "them", "guidance")
     dev = resolve_device(device)
-    model_p, pmeta = open_prior(prior, str(dev), prior_options)
-    model_v, vsha, _ = open_vqvae(vqvae, str(dev))
-    g = model_v.config.grid
-    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
+    model_p, pmeta, model_v, vsha = open_pair(prior, vqvae, dev, prior_options)
     num_classes = model_p.config.num_classes
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if model_p.has_null_class and not unconditional else 0.0
