@@ -84,14 +84,13 @@ def install_docs_example(tmp_path, monkeypatch) -> None:
     install_example(tmp_path / "site", monkeypatch, *docs_example())
 
 
-def test_docs_example_is_discovered_and_passes_the_contract(tmp_path, monkeypatch, warnings_seen):
+def test_docs_example_is_discovered(tmp_path, monkeypatch, warnings_seen):
     install_docs_example(tmp_path, monkeypatch)
     assert list_priors() == {**BUILTINS, "mixprior": "vqgen-mixprior"}
     cls = get_prior("mixprior")
     assert cls.__name__ == "MixPrior" and cls.name == "mixprior" and issubclass(cls, AutoregressivePrior)
     assert "raster causality by gradient" in properties("mixprior")
-    run_contract("mixprior")
-    assert warnings_seen == []
+    assert warnings_seen == []  # the contract itself runs in the plugin's own test file, below
 
 
 def test_the_example_as_it_was_keeps_working(tmp_path, monkeypatch, warnings_seen):

@@ -122,14 +122,16 @@ def inpaint_images(
     device: str = "auto",
     amp: bool | None = None,
     prior_options: dict | list[str] | None = None,
+    labels: torch.Tensor | None = None,
     data_root=None,
     cache_dir=None,
 ) -> Completions:
     """Complete `images` ((m, 3, S, S) uint8 or [0, 1] float, or image files / folders) n times each: the codes
     inside `region` (see region_mask) are drawn from the prior given the others, which are kept exactly.
 
-    The completions are drawn given class_name, else given each image's class when they come from class folders
-    named like the prior's classes, else without a class (a prior with a null class). guidance None means
+    The completions are drawn given class_name, else given `labels` ((m,) class indices, one per image), else
+    given each image's class when they come from class folders named like the prior's classes, else without a
+    class (a prior with a null class). guidance None means
     DEFAULT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
@@ -155,6 +157,8 @@ def inpaint_images(
         raise ConfigError(f"images must be (m, 3, {S}, {S}) for this VQ-VAE, got {tuple(pixels.shape)}")
     x = (pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()).clamp(0, 1)
     m = x.shape[0]
+    if labels is not None:
+        image_labels, image_names = torch.as_tensor(labels).long().view(m), list(pmeta["class_names"])
     labels, conditioned = _labels(model_p, pmeta, m, class_name, image_labels, image_names)
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if conditioned and model_p.has_null_class else 0.0
