@@ -107,12 +107,14 @@ INIT_FREE_FIELDS = ("dropout", "label_dropout")
 def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
     """Load a trained prior's weights into `prior` (train-prior --init-from): same prior and sizes, but dropout and
     label dropout may change; a class embedding that gains the null class keeps its rows and starts the null
-    row at their mean (the average class: a start for p(grid) that a few thousand steps refine)."""
+    row at their mean (the average class: a start for p(grid) that a few thousand steps refine). Sampling options
+    (the prior's sampling_fields) may change too."""
     cfg = asdict(prior.config)
+    free = (*INIT_FREE_FIELDS, *type(prior).sampling_fields)
     for k, v in meta["config"].items():
-        if k not in INIT_FREE_FIELDS and cfg.get(k) != v:
+        if k not in free and cfg.get(k) != v:
             raise ConfigError(f"{{init_from}} {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
-                              f"only be started from one of the same shape (it may change only {', '.join(INIT_FREE_FIELDS)})")
+                              f"only be started from one of the same shape (it may change only {', '.join(free)})")
     own = prior.state_dict()
     for k, new in own.items():
         old = tensors.get(k)
