@@ -17,6 +17,9 @@ classifier, and the "real" row (half B against half A, and A against B) is the f
 reach at this N. Frechet distance is in the classifier's 256-d penultimate features; precision and recall are
 Kynkaanniemi et al. (2019) with k = 3 nearest neighbours; class accuracy is prediction == requested class
 (for real and derived images: their own label).
+
+Sampling options (guidance, temperature) are chosen with `--reference train`: the same protocol against 1,000
+fixed training images instead of the held-out ones, so that the held-out figures are measured, not tuned on.
 """
 
 from __future__ import annotations
@@ -95,10 +98,15 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x) / 255
 
 
-def heldout_halves(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """(images A, labels A, images B, labels B, class names): the two fixed halves of the held-out split."""
+def heldout_halves(data: str, reference: str = "heldout") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                    torch.Tensor, list[str]]:
+    """(images A, labels A, images B, labels B, class names): the two fixed halves of the held-out split, or with
+    reference="train" of 1,000 fixed training images: the set sampling options are *chosen* on, so that the
+    held-out figures are not tuned on the images they report."""
     s = load_images(data, 32)
-    _, va = split_indices(len(s), VAL_FRACTION, SPLIT_SEED)
+    tr, va = split_indices(len(s), VAL_FRACTION, SPLIT_SEED)
+    if reference == "train":
+        va = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(HALF_SEED))[: len(va)]]
     perm = torch.randperm(len(va), generator=torch.Generator().manual_seed(HALF_SEED))
     a, b = va[perm[: len(va) // 2]].sort().values, va[perm[len(va) // 2 :]].sort().values
     return s.images[a], s.labels[a], s.images[b], s.labels[b], list(s.class_names)
@@ -220,7 +228,7 @@ def calibrate(args) -> list[dict]:
     import vqgen
 
     clf = load_classifier(args.classifier)
-    xa, ya, xb, yb, _ = heldout_halves(args.data)
+    xa, ya, xb, yb, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     others = [(xb, yb), (xa, ya)]  # fold i is compared with images derived from the other half
     rows = []
@@ -233,7 +241,7 @@ def calibrate(args) -> list[dict]:
         rows.append({"row": name, **figures(refs, sets)})
         print(json.dumps(rows[-1]), flush=True)
 
-    row("real held-out images (the other half)", lambda x: x)
+    row(f"real images ({args.reference}, the other half)", lambda x: x)
     vq = vqgen.load_vqvae(args.vqvae)
     row(f"reconstructions ({args.vqvae or 'shipped VQ-VAE'})", lambda x: vq.decode(vq.encode(x)))
     row("Gaussian blur, sigma 1", lambda x: blur(x, 1.0))
@@ -249,7 +257,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     temperature = args.temperature if temperature is None else temperature
     if clf is None:
         clf = load_classifier(args.classifier)
-        xa, _, xb, _, _ = heldout_halves(args.data)
+        xa, _, xb, _, _ = heldout_halves(args.data, args.reference)
         refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     n = refs[0].shape[0]
     t0 = time.perf_counter()
@@ -264,7 +272,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         labels = labels.cpu()
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": guidance,
-           "temperature": temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+           "temperature": temperature, "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
     return out
@@ -273,7 +281,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
 def sweep(args) -> list[dict]:
     """measure() over a grid of guidance weights x temperatures, one classifier and reference for all."""
     clf = load_classifier(args.classifier)
-    xa, _, xb, _, _ = heldout_halves(args.data)
+    xa, _, xb, _, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     return [measure(args, guidance=w, temperature=t, clf=clf, refs=refs)
             for t in args.temperatures for w in args.guidances]
@@ -307,6 +315,10 @@ def main() -> None:
     for s in sub.choices.values():
         s.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
         s.add_argument("--json", type=Path, default=None, help="append the result(s) as JSON lines here")
+        if s.prog.split()[-1] != "train-classifier":
+            s.add_argument("--reference", choices=("heldout", "train"), default="heldout",
+                           help="real images compared against: the held-out split (report), or 1,000 training "
+                                "images (choose options there, so the held-out figures are not tuned on)")
     args = ap.parse_args()
     torch.set_grad_enabled(args.cmd == "train-classifier")
     if args.cmd == "train-classifier":
