@@ -25,6 +25,9 @@ inpaint completes each image of one half once (its codes outside --region kept, 
 class, or with --no-class without one) and compares the completions with the other half, as calibrate compares
 reconstructions; it also reports the completions' PSNR on the kept region and the reconstructions' on the same
 pixels (the ceiling: the decoder sees the drawn codes next to the kept ones).
+
+Sampling options (guidance, temperature) are chosen with `--reference train`: the same protocol against 1,000
+fixed training images instead of the held-out ones, so that the held-out figures are measured, not tuned on.
 """
 
 from __future__ import annotations
@@ -103,10 +106,15 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x) / 255
 
 
-def heldout_halves(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """(images A, labels A, images B, labels B, class names): the two fixed halves of the held-out split."""
+def heldout_halves(data: str, reference: str = "heldout") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                    torch.Tensor, list[str]]:
+    """(images A, labels A, images B, labels B, class names): the two fixed halves of the held-out split, or with
+    reference="train" of 1,000 fixed training images: the set sampling options are *chosen* on, so that the
+    held-out figures are not tuned on the images they report."""
     s = load_images(data, 32)
-    _, va = split_indices(len(s), VAL_FRACTION, SPLIT_SEED)
+    tr, va = split_indices(len(s), VAL_FRACTION, SPLIT_SEED)
+    if reference == "train":
+        va = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(HALF_SEED))[: len(va)]]
     perm = torch.randperm(len(va), generator=torch.Generator().manual_seed(HALF_SEED))
     a, b = va[perm[: len(va) // 2]].sort().values, va[perm[len(va) // 2 :]].sort().values
     return s.images[a], s.labels[a], s.images[b], s.labels[b], list(s.class_names)
@@ -228,7 +236,7 @@ def calibrate(args) -> list[dict]:
     import vqgen
 
     clf = load_classifier(args.classifier)
-    xa, ya, xb, yb, _ = heldout_halves(args.data)
+    xa, ya, xb, yb, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     others = [(xb, yb), (xa, ya)]  # fold i is compared with images derived from the other half
     rows = []
@@ -241,7 +249,7 @@ def calibrate(args) -> list[dict]:
         rows.append({"row": name, **figures(refs, sets)})
         print(json.dumps(rows[-1]), flush=True)
 
-    row("real held-out images (the other half)", lambda x: x)
+    row(f"real images ({args.reference}, the other half)", lambda x: x)
     vq = vqgen.load_vqvae(args.vqvae)
     row(f"reconstructions ({args.vqvae or 'shipped VQ-VAE'})", lambda x: vq.decode(vq.encode(x)))
     row("Gaussian blur, sigma 1", lambda x: blur(x, 1.0))
@@ -257,7 +265,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     temperature = args.temperature if temperature is None else temperature
     if clf is None:
         clf = load_classifier(args.classifier)
-        xa, _, xb, _, _ = heldout_halves(args.data)
+        xa, _, xb, _, _ = heldout_halves(args.data, args.reference)
         refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     n = refs[0].shape[0]
     t0 = time.perf_counter()
@@ -273,7 +281,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         labels = labels.cpu()
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": guidance,
-           "temperature": temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+           "temperature": temperature, "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
     return out
@@ -284,7 +292,7 @@ def inpaint(args) -> dict:
     from vqgen.inpainting import inpaint_images
 
     clf = load_classifier(args.classifier)
-    xa, ya, xb, yb, _ = heldout_halves(args.data)
+    xa, ya, xb, yb, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     sets, kept, ceiling, seconds = [], [], [], 0.0
     for x, y in ((xb, yb), (xa, ya)):  # fold i is compared with the completions of the other half
@@ -309,7 +317,7 @@ def inpaint(args) -> dict:
 def sweep(args) -> list[dict]:
     """measure() over a grid of guidance weights x temperatures, one classifier and reference for all."""
     clf = load_classifier(args.classifier)
-    xa, _, xb, _, _ = heldout_halves(args.data)
+    xa, _, xb, _, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     return [measure(args, guidance=w, temperature=t, clf=clf, refs=refs)
             for t in args.temperatures for w in args.guidances]
@@ -347,6 +355,10 @@ def main() -> None:
     for s in sub.choices.values():
         s.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
         s.add_argument("--json", type=Path, default=None, help="append the result(s) as JSON lines here")
+        if s.prog.split()[-1] != "train-classifier":
+            s.add_argument("--reference", choices=("heldout", "train"), default="heldout",
+                           help="real images compared against: the held-out split (report), or 1,000 training "
+                                "images (choose options there, so the held-out figures are not tuned on)")
     args = ap.parse_args()
     torch.set_grad_enabled(args.cmd == "train-classifier")
     if args.cmd == "train-classifier":
