@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from priors.sampling_utils import check_sampling_args
-from vqgen.errors import ConfigError, OptionError, check_positive
+from vqgen.errors import ConfigError, OptionError, check_held, check_positive, seed_value
 from vqgen.prior_file import check_compatible, open_prior
 from vqgen.runtime import autocast, inference_amp, resolve_device
 from vqgen.vqvae import open_vqvae
@@ -29,6 +29,12 @@ def resolve_class(value: str | int, class_names: list[str], num_classes: int) ->
     if value.lstrip("-").isdigit() and 0 <= int(value) < num_classes:
         return int(value)
     raise ConfigError(f"unknown class {value!r}; known classes: {', '.join(names)} (or an index 0-{num_classes - 1})")
+
+
+def check_count(n: int, image_size: int) -> None:
+    """Refuse more samples of this size than fit in memory together (their float images and long codes)."""
+    g = image_size // 4
+    check_held("n", n, 3 * image_size * image_size * 4 + g * g * 8, f"{image_size}x{image_size} samples")
 
 
 @dataclass
@@ -71,6 +77,7 @@ def draw_samples(
     class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
+    seed = seed_value("seed", seed)
     check_sampling_args(temperature, top_k, top_p, guidance=guidance)  # before any model is loaded
     if unconditional and class_name is not None:
         raise OptionError("{unconditional=True} draws without a class; drop {class_name} (or {unconditional=True})",
@@ -83,6 +90,7 @@ def draw_samples(
     model_v, vsha, _ = open_vqvae(vqvae, str(dev))
     g = model_v.config.grid
     check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
+    check_count(n, model_v.config.image_size)
     num_classes = model_p.config.num_classes
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if model_p.has_null_class and not unconditional else 0.0
