@@ -4,6 +4,9 @@
     python bench/sample_quality.py calibrate DATA [--vqvae V]      # real / reconstructed / blurred / noise rows
     python bench/sample_quality.py measure DATA [--vqvae V --prior P --guidance W --temperature T ...]
     python bench/sample_quality.py sweep DATA --vqvae V --prior P [--guidances 0 1 2 --temperatures 0.9 1]
+    python bench/sample_quality.py inpaint DATA --vqvae V --prior P --region bottom [--guidance W --no-class]
+
+measure, sweep and inpaint take -o KEY=VALUE, a prior's sampling option (maskgit: -o steps=12).
 
 DATA is the folder of CIFAR-10 training images (ImageFolder layout). Its fixed held-out split (2%, seed 0: the
 same 1,000 images every vqgen run holds out) is the only real data any figure is computed against; the
@@ -17,6 +20,14 @@ classifier, and the "real" row (half B against half A, and A against B) is the f
 reach at this N. Frechet distance is in the classifier's 256-d penultimate features; precision and recall are
 Kynkaanniemi et al. (2019) with k = 3 nearest neighbours; class accuracy is prediction == requested class
 (for real and derived images: their own label).
+
+inpaint completes each image of one half once (its codes outside --region kept, the rest drawn given its own
+class, or with --no-class without one) and compares the completions with the other half, as calibrate compares
+reconstructions; it also reports the completions' PSNR on the kept region and the reconstructions' on the same
+pixels (the ceiling: the decoder sees the drawn codes next to the kept ones).
+
+Sampling options (guidance, temperature) are chosen with `--reference train`: the same protocol against 1,000
+fixed training images instead of the held-out ones, so that the held-out figures are measured, not tuned on.
 """
 
 from __future__ import annotations
@@ -95,10 +106,15 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x) / 255
 
 
-def heldout_halves(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """(images A, labels A, images B, labels B, class names): the two fixed halves of the held-out split."""
+def heldout_halves(data: str, reference: str = "heldout") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                    torch.Tensor, list[str]]:
+    """(images A, labels A, images B, labels B, class names): the two fixed halves of the held-out split, or with
+    reference="train" of 1,000 fixed training images: the set sampling options are *chosen* on, so that the
+    held-out figures are not tuned on the images they report."""
     s = load_images(data, 32)
-    _, va = split_indices(len(s), VAL_FRACTION, SPLIT_SEED)
+    tr, va = split_indices(len(s), VAL_FRACTION, SPLIT_SEED)
+    if reference == "train":
+        va = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(HALF_SEED))[: len(va)]]
     perm = torch.randperm(len(va), generator=torch.Generator().manual_seed(HALF_SEED))
     a, b = va[perm[: len(va) // 2]].sort().values, va[perm[len(va) // 2 :]].sort().values
     return s.images[a], s.labels[a], s.images[b], s.labels[b], list(s.class_names)
@@ -220,7 +236,7 @@ def calibrate(args) -> list[dict]:
     import vqgen
 
     clf = load_classifier(args.classifier)
-    xa, ya, xb, yb, _ = heldout_halves(args.data)
+    xa, ya, xb, yb, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     others = [(xb, yb), (xa, ya)]  # fold i is compared with images derived from the other half
     rows = []
@@ -233,7 +249,7 @@ def calibrate(args) -> list[dict]:
         rows.append({"row": name, **figures(refs, sets)})
         print(json.dumps(rows[-1]), flush=True)
 
-    row("real held-out images (the other half)", lambda x: x)
+    row(f"real images ({args.reference}, the other half)", lambda x: x)
     vq = vqgen.load_vqvae(args.vqvae)
     row(f"reconstructions ({args.vqvae or 'shipped VQ-VAE'})", lambda x: vq.decode(vq.encode(x)))
     row("Gaussian blur, sigma 1", lambda x: blur(x, 1.0))
@@ -249,13 +265,14 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     temperature = args.temperature if temperature is None else temperature
     if clf is None:
         clf = load_classifier(args.classifier)
-        xa, _, xb, _, _ = heldout_halves(args.data)
+        xa, _, xb, _, _ = heldout_halves(args.data, args.reference)
         refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     n = refs[0].shape[0]
     t0 = time.perf_counter()
     images, labels = vqgen.generate(2 * n, vqvae=args.vqvae, prior=args.prior, seed=args.seed,
                                     temperature=temperature, top_k=args.top_k, top_p=args.top_p,
-                                    guidance=guidance, batch_size=args.batch_size, return_labels=True)
+                                    guidance=guidance, batch_size=args.batch_size, return_labels=True,
+                                    prior_options=args.prior_option)
     seconds = time.perf_counter() - t0
     f, p = embed(clf, images)
     if labels is None:
@@ -264,8 +281,35 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         labels = labels.cpu()
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": guidance,
-           "temperature": temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-           **figures(refs, sets), "sampling_s": round(seconds, 2)}
+           "temperature": temperature, "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+           "prior_options": args.prior_option, **figures(refs, sets), "sampling_s": round(seconds, 2)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def inpaint(args) -> dict:
+    """Completions of each held-out half against the other half, and their PSNR on the kept region."""
+    from vqgen.inpainting import inpaint_images
+
+    clf = load_classifier(args.classifier)
+    xa, ya, xb, yb, _ = heldout_halves(args.data, args.reference)
+    refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
+    sets, kept, ceiling, seconds = [], [], [], 0.0
+    for x, y in ((xb, yb), (xa, ya)):  # fold i is compared with the completions of the other half
+        r = inpaint_images(x, args.region, 1, prior=args.prior, vqvae=args.vqvae, seed=args.seed,
+                           labels=None if args.no_class else y, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, guidance=args.guidance, batch_size=args.batch_size, device="cpu",
+                           prior_options=args.prior_option)
+        f, p = embed(clf, r.images[:, 0])
+        sets.append((f, p, y))  # class accuracy: the completion is still of the image's own class
+        kept.append(r.kept_psnr)
+        ceiling.append(r.kept_psnr_reconstruction)
+        seconds += r.seconds
+        guidance = r.guidance
+    out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "region": args.region,
+           "given_class": not args.no_class, "guidance": guidance, "temperature": args.temperature, "seed": args.seed,
+           "prior_options": args.prior_option, **figures(refs, sets), "kept_psnr": sum(kept) / 2,
+           "kept_psnr_reconstruction": sum(ceiling) / 2, "inpainting_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
     return out
 
@@ -273,7 +317,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
 def sweep(args) -> list[dict]:
     """measure() over a grid of guidance weights x temperatures, one classifier and reference for all."""
     clf = load_classifier(args.classifier)
-    xa, _, xb, _, _ = heldout_halves(args.data)
+    xa, _, xb, _, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     return [measure(args, guidance=w, temperature=t, clf=clf, refs=refs)
             for t in args.temperatures for w in args.guidances]
@@ -289,14 +333,18 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: what vqgen's runtime picks for this machine)")
-    for name in ("calibrate", "measure", "sweep"):
+    for name in ("calibrate", "measure", "sweep", "inpaint"):
         s = sub.add_parser(name)
         s.add_argument("data")
         s.add_argument("--vqvae", default=None)
         if name == "sweep":
             s.add_argument("--guidances", type=float, nargs="+", default=[0, 0.5, 1, 2, 3, 5])
             s.add_argument("--temperatures", type=float, nargs="+", default=[0.9, 1.0])
-        if name in ("measure", "sweep"):
+        if name == "inpaint":
+            s.add_argument("--region", default="bottom")
+            s.add_argument("--no-class", action="store_true", help="complete without a class (a null class)")
+        if name in ("measure", "sweep", "inpaint"):
+            s.add_argument("-o", "--prior-option", action="append", default=[], metavar="KEY=VALUE")
             s.add_argument("--prior", default=None)
             s.add_argument("--guidance", type=float, default=None)
             s.add_argument("--temperature", type=float, default=1.0)
@@ -307,6 +355,10 @@ def main() -> None:
     for s in sub.choices.values():
         s.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
         s.add_argument("--json", type=Path, default=None, help="append the result(s) as JSON lines here")
+        if s.prog.split()[-1] != "train-classifier":
+            s.add_argument("--reference", choices=("heldout", "train"), default="heldout",
+                           help="real images compared against: the held-out split (report), or 1,000 training "
+                                "images (choose options there, so the held-out figures are not tuned on)")
     args = ap.parse_args()
     torch.set_grad_enabled(args.cmd == "train-classifier")
     if args.cmd == "train-classifier":
@@ -317,7 +369,7 @@ def main() -> None:
             amp = native_bf16_cpu()
         train_classifier(args.data, args.classifier, args.epochs, args.batch_size, args.seed, amp)
         return
-    result = {"calibrate": calibrate, "measure": measure, "sweep": sweep}[args.cmd](args)
+    result = {"calibrate": calibrate, "measure": measure, "sweep": sweep, "inpaint": inpaint}[args.cmd](args)
     if args.json:
         with open(args.json, "a") as fh:
             for r in result if isinstance(result, list) else [result]:

@@ -1,10 +1,18 @@
-"""The stage-2 plugin seam: the PriorConfig/Prior interface every prior implements (the registry of names is
-priors.registry).
+"""The stage-2 plugin seam, in two levels (the registry of names is priors.registry).
 
-A prior models a (H, W) grid of code indices in [0, K) autoregressively in raster order (row by row,
-left to right), optionally conditioned on a class label. train-prior, sample and evaluate only ever call
-`logits`, `loss`, `log_prob` and `sample`, and rebuild a saved prior with
-`get_prior(name)(get_prior(name).config_class(**config_dict))`. A prior never imports the VQ-VAE.
+`Prior` is any model of a (H, W) grid of code indices in [0, K), optionally conditioned on a class label:
+it implements `loss` (its training objective, in nats per code) and `sample_codes` (its sampler, given the
+positions to keep and a `Sampling` that holds the filters, the guidance weight and the generator), and
+declares what `log_prob` is: an exact log-likelihood, a bound on it, or nothing.
+
+`AutoregressivePrior(Prior)` is a prior in raster order (row by row, left to right): it implements `logits`,
+and gets loss and an exact log_prob by cross-entropy, and sampling from its decoding loop `generate` (which it
+may make fast with a cache; `generate_naive` is the reference). A class written against the earlier,
+raster-only interface (subclassing `Prior` and implementing `logits`) is made an AutoregressivePrior when it is
+defined, so it keeps working unchanged.
+
+train-prior, sample, inpaint and evaluate only ever call `loss`, `log_prob` and `sample`, and rebuild a saved
+prior with `get_prior(name)(get_prior(name).config_class(**config_dict))`. A prior never imports the VQ-VAE.
 """
 
 from __future__ import annotations
@@ -17,10 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.sampling_utils import check_sampling_args, draw
+from priors.sampling_utils import check_sampling_args, draw, filter_logits
 from vqgen.errors import ConfigError, check_positive
 
 Pick = Callable[[torch.Tensor], torch.Tensor]  # (n, K) logits of one position -> (n,) long codes
+
+# what a prior's log_prob is: the log-likelihood itself, a lower bound on it, or nothing (no log_prob)
+LIKELIHOODS = ("exact", "bound", "none")
 
 
 @dataclass
@@ -36,18 +47,78 @@ class PriorConfig:
     label_dropout: float = 0.0
 
 
+@dataclass(frozen=True)
+class Known:
+    """Positions a draw must keep: codes (n, H, W) long, mask (n, H, W) bool, True where codes[mask] is kept.
+    The codes at positions not kept mean nothing and must not be read."""
+
+    codes: torch.Tensor
+    mask: torch.Tensor
+
+
+class Sampling:
+    """How one `sample` call draws: temperature, top-k, top-p, the guidance weight and the torch.Generator.
+
+    Every random number of a draw comes from `generator` (through `draw` and `uniform`), so the same seed gives
+    the same grids; every code comes from `draw`, so the filters mean the same thing for every prior."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None, guidance: float = 0.0, null_label: int | None = None):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generator, self.guidance, self.null_label = generator, float(guidance or 0.0), null_label
+
+    def filter(self, logits: torch.Tensor) -> torch.Tensor:
+        """(m, K) logits -> (m, K) float32 logits with temperature applied and filtered codes at -inf."""
+        return filter_logits(logits, self.temperature, self.top_k, self.top_p)
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """(m, K) logits -> (m,) long codes drawn from the filtered distribution (one uniform number per row)."""
+        return draw(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
+    def uniform(self, *shape: int, device: torch.device) -> torch.Tensor:
+        """Uniform numbers in [0, 1), float32, from the generator (for a sampler's other random choices)."""
+        return torch.rand(*shape, generator=self.generator, device=device)
+
+    def guide(self, logits: torch.Tensor) -> torch.Tensor:
+        """(2m, ...) logits, m rows given their labels then the same m given the null class -> (m, ...) logits
+        uncond + (1 + W) * (cond - uncond), in float32."""
+        m = logits.shape[0] // 2
+        cond, uncond = logits[:m].float(), logits[m:].float()
+        return uncond + (1 + self.guidance) * (cond - uncond)
+
+    def guided(self, fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], codes: torch.Tensor,
+               labels: torch.Tensor | None) -> torch.Tensor:
+        """fn(codes, labels) (logits of a batch), guided when W > 0: fn runs once on the 2m rows [labels; null]."""
+        if not self.guidance:
+            return fn(codes, labels)
+        both = torch.cat([labels, torch.full_like(labels, self.null_label)])
+        return self.guide(fn(torch.cat([codes, codes]), both))
+
+
 class Prior(nn.Module):
-    """Base class of every prior. Subclasses set `config_class` and implement `logits`; they may override
-    `generate` with a fast sampler (the contract test checks it against `generate_naive`) and `tiny_config`."""
+    """Base class of every prior. A subclass sets `config_class` and `likelihood` and implements `loss` and
+    `sample_codes` (and `log_prob` unless its likelihood is "none"); or it subclasses AutoregressivePrior."""
 
     name: ClassVar[str] = ""  # registry name, set by register_prior (or the entry-point loader)
     config_class: ClassVar[type[PriorConfig]] = PriorConfig
-    # True: the logits at (i, j) depend on *every* earlier position (the contract test checks it). Set False
-    # for a prior that deliberately sees only part of the past; causality itself is always checked.
-    full_context: ClassVar[bool] = True
+    # what log_prob returns: "exact" (the log-likelihood), "bound" (a lower bound on it) or "none" (no
+    # log_prob); train-prior keeps its best weights, and evaluate reports, by what is declared here
+    likelihood: ClassVar[str] = "none"
     # True: the prior sizes its class embeddings by `num_label_slots`, so it can have a null class (label dropout,
     # classifier-free guidance, unconditional draws from a conditional prior)
     supports_null_class: ClassVar[bool] = False
+    # config fields that shape only sampling (a decoding schedule, say): they may be changed on a trained prior
+    # (vqgen sample -o key=value) without changing what its weights compute
+    sampling_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # a prior written against the raster-only interface subclasses Prior and implements logits: it is an
+        # autoregressive prior, and gets that level's loss, log_prob and sampler (AutoregressivePrior itself is
+        # the first subclass defining logits, while its name is not bound yet)
+        ar = globals().get("AutoregressivePrior")
+        if ar is not None and "logits" in cls.__dict__ and not issubclass(cls, ar) and Prior in cls.__bases__:
+            cls.__bases__ = tuple(AutoregressivePrior if b is Prior else b for b in cls.__bases__)
 
     def __init__(self, config: PriorConfig):
         super().__init__()
@@ -109,22 +180,15 @@ class Prior(nn.Module):
         return torch.device("cpu")
 
     # -- the model -----------------------------------------------------------------------------------------
-    def logits(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """codes (b, H, W) long -> (b, K, H, W) logits; the logits at (i, j) depend only on codes strictly
-        before (i, j) in raster order (and on the label)."""
+    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The training objective (scalar) on codes (b, H, W) long, in nats per code. It may be random (a
+        masking schedule, say): it draws from torch's global generator, which training seeds and checkpoints."""
         raise NotImplementedError  # abstract: registration refuses a prior class that does not override it
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(codes, labels)
-
-    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean negative log-likelihood in nats per code (scalar): F.cross_entropy(logits, codes)."""
-        return F.cross_entropy(self.logits(codes, labels).float(), codes)
-
     def log_prob(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(b,) log-likelihood of each grid in nats (sum over its H*W codes); -log_prob.sum()/codes.numel() == loss."""
-        nll = F.cross_entropy(self.logits(codes, labels).float(), codes, reduction="none")
-        return -nll.flatten(1).sum(1)
+        """(b,) log-likelihood of each grid in nats ("exact"), or a lower bound on it ("bound"): see likelihood."""
+        raise ConfigError(f"the {type(self).name or type(self).__name__} prior declares no likelihood, so it has no "
+                          "log_prob; compare it by its held-out objective (loss) instead")
 
     def check_labels(self, labels, n: int, strict_range: bool = False) -> torch.Tensor | None:
         """Labels as a (n,) long tensor on the model's device (None for an unconditional prior).
@@ -153,6 +217,38 @@ class Prior(nn.Module):
                               f"{int(labels.min())}..{int(labels.max())}")
         return labels
 
+    # -- positions to keep ---------------------------------------------------------------------------------
+    def keep_problem(self, mask: torch.Tensor) -> str | None:
+        """None when the sampler can keep the positions of `mask` ((n, H, W) or (H, W) bool, True: kept) and
+        draw the others given them; else why not. A Prior conditions on any positions."""
+        return None
+
+    def check_known(self, known, n: int) -> Known | None:
+        """`known` (None, a Known or a (codes, mask) pair; codes (n, H, W) or (H, W), mask likewise) checked and
+        broadcast to n grids on the model's device, or ConfigError."""
+        if known is None:
+            return None
+        codes, mask = (known.codes, known.mask) if isinstance(known, Known) else known
+        c = self.config
+        codes, mask = torch.as_tensor(codes), torch.as_tensor(mask)
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool or mask.dtype != torch.bool:
+            raise ConfigError(f"known must be (codes, mask): integer codes and a bool mask, got {codes.dtype} and "
+                              f"{mask.dtype}")
+        grid = (c.height, c.width)
+        try:
+            codes = codes.to(self.device, torch.long).expand(n, *grid)
+            mask = mask.to(self.device).expand(n, *grid)
+        except RuntimeError:
+            raise ConfigError(f"known codes {tuple(codes.shape)} and mask {tuple(mask.shape)} must be (n, H, W) or "
+                              f"(H, W) with (H, W) = {grid} and n = {n}") from None
+        kept = codes[mask]
+        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= c.num_codes):
+            raise ConfigError(f"known codes must lie in [0, {c.num_codes}), got {int(kept.min())}..{int(kept.max())}")
+        problem = self.keep_problem(mask)
+        if problem:
+            raise ConfigError(problem)
+        return Known(codes, mask)
+
     # -- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(
@@ -164,30 +260,17 @@ class Prior(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         guidance: float | None = None,
+        known=None,
     ) -> torch.Tensor:
-        """Draw n grids -> (n, H, W) long on the model's device (uses the fast `generate`).
+        """Draw n grids -> (n, H, W) long on the model's device.
 
-        guidance W > 0 (classifier-free guidance; needs a null class) draws every position from
-        uncond + (1 + W) * (cond - uncond) of the logits given the label and given no class, both streams
-        computed in one batch of 2n; None or 0 is plain conditional sampling. labels=prior.null_label draws
-        from p(grid)."""
-        return self._sample(self.generate, n, labels, temperature, top_k, top_p, generator, guidance)
+        guidance W > 0 (classifier-free guidance; needs a null class) draws from logits
+        uncond + (1 + W) * (cond - uncond), given the label and given no class; None or 0 is plain conditional
+        sampling. labels=prior.null_label draws from p(grid). known=(codes, mask) keeps codes[mask] exactly and
+        draws the other positions given them (an AutoregressivePrior only when the kept ones are a raster prefix)."""
+        return self._sample(self.sample_codes, n, labels, temperature, top_k, top_p, generator, guidance, known)
 
-    @torch.no_grad()
-    def sample_naive(
-        self,
-        n: int,
-        labels: torch.Tensor | int | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        guidance: float | None = None,
-    ) -> torch.Tensor:
-        """Reference sampler: a full `logits` pass per position (H*W passes). Same draws as `sample`."""
-        return self._sample(self.generate_naive, n, labels, temperature, top_k, top_p, generator, guidance)
-
-    def _sample(self, gen_fn, n, labels, temperature, top_k, top_p, generator, guidance=None) -> torch.Tensor:
+    def _sample(self, sampler, n, labels, temperature, top_k, top_p, generator, guidance, known) -> torch.Tensor:
         check_positive("n", n)
         check_sampling_args(temperature, top_k, top_p, guidance=guidance)
         w = float(guidance or 0.0)
@@ -199,27 +282,87 @@ class Prior(nn.Module):
             raise ConfigError(f"the torch.Generator is on {generator.device} but the prior is on {dev}; "
                               "create it with torch.Generator(device=...) on the prior's device")
         labels = self.check_labels(labels, n, strict_range=True)
-
-        def pick(step_logits: torch.Tensor) -> torch.Tensor:
-            return draw(step_logits, temperature, top_k, top_p, generator)
-
-        def guided_pick(step_logits: torch.Tensor) -> torch.Tensor:  # (2n, K): n conditional rows, then n without class
-            cond, uncond = step_logits[:n].float(), step_logits[n:].float()
-            code = draw(uncond + (1 + w) * (cond - uncond), temperature, top_k, top_p, generator)
-            return code.repeat(2)  # both streams continue from the same drawn code
-
+        known = self.check_known(known, n)
+        how = Sampling(temperature, top_k, top_p, generator, w, self.null_label if self.has_null_class else None)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                if w:
-                    both = torch.cat([labels, torch.full_like(labels, self.null_label)])
-                    codes = gen_fn(2 * n, both, guided_pick)[:n]
-                else:
-                    codes = gen_fn(n, labels, pick)
+                codes = sampler(n, labels, known, how)
         finally:
             self.train(was_training)
         return codes.clone()  # cloned outside inference mode: an ordinary tensor the caller may modify
+
+    def sample_codes(self, n: int, labels: torch.Tensor | None, known: Known | None, how: Sampling) -> torch.Tensor:
+        """The sampler: n grids (n, H, W) long, keeping known.codes[known.mask] exactly, every code drawn with
+        how.draw and every other random number from how.uniform (or how.generator). Called by `sample` in eval
+        mode under inference mode with checked arguments; labels (n,) or None; guidance: how.guided."""
+        raise NotImplementedError  # abstract: registration refuses a prior class that does not override it
+
+
+class AutoregressivePrior(Prior):
+    """A prior in raster order. Subclasses implement `logits`; they may override `generate` with a fast exact
+    sampler (the contract checks it against `generate_naive`) and `tiny_config`."""
+
+    likelihood: ClassVar[str] = "exact"
+    # True: the logits at (i, j) depend on *every* earlier position (the contract checks it). Set False
+    # for a prior that deliberately sees only part of the past; causality itself is always checked.
+    full_context: ClassVar[bool] = True
+
+    def logits(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """codes (b, H, W) long -> (b, K, H, W) logits; the logits at (i, j) depend only on codes strictly
+        before (i, j) in raster order (and on the label)."""
+        raise NotImplementedError  # abstract: registration refuses a prior class that does not override it
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(codes, labels)
+
+    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood in nats per code (scalar): F.cross_entropy(logits, codes)."""
+        return F.cross_entropy(self.logits(codes, labels).float(), codes)
+
+    def log_prob(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(b,) log-likelihood of each grid in nats (sum over its H*W codes); -log_prob.sum()/codes.numel() == loss."""
+        nll = F.cross_entropy(self.logits(codes, labels).float(), codes, reduction="none")
+        return -nll.flatten(1).sum(1)
+
+    def keep_problem(self, mask: torch.Tensor) -> str | None:
+        """Raster order draws each position given the ones before it: it can keep a raster prefix only."""
+        flat = mask.reshape(-1, self.config.height * self.config.width)
+        if torch.equal(flat, flat.long().cumprod(1).bool()):
+            return None
+        return (f"the {type(self).name or type(self).__name__} prior draws codes in raster order, so it can keep "
+                "only a raster prefix (the first rows, and the start of the next one) and draw what follows; "
+                "use a prior that conditions on any positions")
+
+    @torch.no_grad()
+    def sample_naive(self, n: int, labels: torch.Tensor | int | None = None, temperature: float = 1.0,
+                     top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+                     guidance: float | None = None, known=None) -> torch.Tensor:
+        """Reference sampler: a full `logits` pass per position (H*W passes). Same draws as `sample`."""
+        return self._sample(lambda *a: self._raster(self.generate_naive, *a), n, labels, temperature, top_k, top_p,
+                            generator, guidance, known)
+
+    def sample_codes(self, n: int, labels: torch.Tensor | None, known: Known | None, how: Sampling) -> torch.Tensor:
+        return self._raster(self.generate, n, labels, known, how)
+
+    def _raster(self, gen_fn, n: int, labels, known: Known | None, how: Sampling) -> torch.Tensor:
+        """Run a raster decoding loop with a pick that draws through `how`, guides, and keeps `known`."""
+        kept_codes = known.codes.flatten(1) if known is not None else None  # (n, H*W)
+        kept = known.mask.flatten(1) if known is not None else None
+        position = iter(range(self.config.height * self.config.width))  # pick is called once per position
+
+        def pick(step_logits: torch.Tensor) -> torch.Tensor:  # (n, K), or (2n, K) guided: n rows, then n without class
+            t = next(position)
+            code = how.draw(how.guide(step_logits) if how.guidance else step_logits)
+            if kept is not None:  # drawn anyway, so the generator advances as without known positions
+                code = torch.where(kept[:, t], kept_codes[:, t], code)
+            return code.repeat(2) if how.guidance else code  # both streams continue from the same code
+
+        if how.guidance:
+            both = torch.cat([labels, torch.full_like(labels, self.null_label)])
+            return gen_fn(2 * n, both, pick)[:n]
+        return gen_fn(n, labels, pick)
 
     def generate(self, n: int, labels: torch.Tensor | None, pick: Pick) -> torch.Tensor:
         """The raster-order decoding loop: for each position, compute its (n, K) logits given the codes drawn
@@ -235,6 +378,10 @@ class Prior(nn.Module):
         return codes
 
 
+def _overrides(cls, base: type, name: str) -> bool:
+    return getattr(cls, name) is not getattr(base, name)
+
+
 def prior_class_problem(obj) -> str | None:
     """None when obj can be registered as a prior, else what is wrong with it."""
     if not (isinstance(obj, type) and issubclass(obj, Prior)):
@@ -245,6 +392,22 @@ def prior_class_problem(obj) -> str | None:
     missing = {f.name for f in fields(PriorConfig)} - {f.name for f in fields(cc)}
     if missing:
         return f"its config_class lacks {sorted(missing)}"
-    if obj.logits is Prior.logits:
-        return "it does not implement logits(codes, labels)"
+    if obj.likelihood not in LIKELIHOODS:
+        return f"its likelihood is {obj.likelihood!r}; declare one of {', '.join(LIKELIHOODS)}"
+    unknown = set(obj.sampling_fields) - {f.name for f in fields(cc)}
+    if unknown:
+        return f"its sampling_fields {sorted(unknown)} are not fields of its config_class"
+    if issubclass(obj, AutoregressivePrior):
+        if not _overrides(obj, AutoregressivePrior, "logits"):
+            return "it does not implement logits(codes, labels)"
+        return None
+    if "logits" in {n for k in obj.__mro__ if k not in (Prior, AutoregressivePrior) for n in vars(k)}:
+        return "it implements logits but is not a priors.AutoregressivePrior; subclass that (raster order)"
+    todo = [m for m in ("loss", "sample_codes") if not _overrides(obj, Prior, m)]
+    if obj.likelihood != "none" and not _overrides(obj, Prior, "log_prob"):
+        todo.append(f"log_prob (it declares a likelihood: {obj.likelihood})")
+    if todo:
+        return (f"it does not implement logits(codes, labels) (an autoregressive prior), nor {' and '.join(todo)} "
+                "(any other prior)")
     return None
+

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.base import Pick, Prior, PriorConfig
+from priors.base import AutoregressivePrior, Pick, PriorConfig
 from vqgen.errors import ConfigError
 
 
@@ -53,6 +53,12 @@ class PixelCNNConfig(PriorConfig):
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def _gate_last(x: torch.Tensor) -> torch.Tensor:
+    """_gate over the last dimension (the cached sampler's channels-last layout)."""
+    a, b = x.chunk(2, dim=-1)
     return torch.tanh(a) * torch.sigmoid(b)
 
 
@@ -86,7 +92,7 @@ class GatedLayer(nn.Module):
         return v_out, h + res, skip
 
 
-class PixelCNN(Prior):
+class PixelCNN(AutoregressivePrior):
     config_class = PixelCNNConfig
     supports_null_class = True
 
@@ -137,45 +143,54 @@ class PixelCNN(Prior):
         horizontal stack and head run as matrix products on the cached (k//2+1)-wide window of that row
         (tiny conv2d calls cost ~100 us each on CPU, the equivalent F.linear a few us)."""
         c = self.config
-        H, W, C, p, L = c.height, c.width, c.channels, c.kernel_size // 2, c.layers
+        H, W, C, p, L, k = c.height, c.width, c.channels, c.kernel_size // 2, c.layers, c.kernel_size
         dev = self.device
         dtype = self.embed.weight.dtype
         codes = torch.zeros(n, H, W, dtype=torch.long, device=dev)
+        # every cache is channels-last, so a row or a position is one contiguous block: the vertical stack's
+        # row i becomes one matrix product over its (p+1) x k windows, and no write or read is strided over C
+        # vertical kernel as a matrix: input window (p+1 rows x k columns x C channels, row-major) -> 2C
+        wv = [l.v_conv.weight.permute(0, 2, 3, 1).reshape(2 * C, (p + 1) * k * C) for l in self.layers]
+        wl = [l.v_to_h.weight[:, :, 0, 0] for l in self.layers]
         # per-layer weights as matrices: horizontal window (p+1 positions x C channels, position-major)
         wh = [l.h_conv.weight[:, :, 0, :].permute(0, 2, 1).reshape(2 * C, (p + 1) * C) for l in self.layers]
         wo = [l.h_out.weight[:, :, 0, 0] for l in self.layers]
         bh = []  # horizontal-gate bias: conv bias + link bias + class bias, (n, 2C) or (2C,)
+        cv = []  # vertical-gate class bias, (n, 1, 2C) or 0
         for layer in self.layers:
-            _, ch = layer.class_bias(labels)
+            v_bias, ch = layer.class_bias(labels)
             b = layer.h_conv.bias + layer.v_to_h.bias
             bh.append(b + ch[:, :, 0, 0] if isinstance(ch, torch.Tensor) else b)
-        cv = [layer.class_bias(labels)[0] for layer in self.layers]
+            cv.append(v_bias[:, None, :, 0, 0] if isinstance(v_bias, torch.Tensor) else 0.0)
         head1, head2 = self.head[1], self.head[3]
         w1, w2 = head1.weight[:, :, 0, 0], head2.weight[:, :, 0, 0]
-        # vin[l]: input of layer l's vertical conv, padded p rows on top and p columns each side.
-        # vin[0] holds the embeddings shifted down one row: embedding row r lives at padded row r + 1 + p.
-        vin = [torch.zeros(n, C, H + p, W + 2 * p, device=dev, dtype=dtype) for _ in range(L)]
+        # vin[l]: (n, H + p, W + 2p, C) input of layer l's vertical conv, padded p rows on top and p columns each
+        # side; vin[0] holds the embeddings shifted down one row: embedding row r lives at padded row r + 1 + p.
+        vin = [torch.zeros(n, H + p, W + 2 * p, C, device=dev, dtype=dtype) for _ in range(L)]
         # hin[l]: (n, p + W, C) input of layer l's horizontal conv for the current row, p zero columns on the
         # left; hin[0] holds the row's embeddings shifted right one column (col j at index j + 1 + p).
         # No reset between rows is needed: position j reads indices j..j+p, all written earlier in this row
         # (or at this step by layer l-1), apart from the zero padding and hin[0][:, p], which is never written.
         hin = [torch.zeros(n, W + p, C, device=dev, dtype=dtype) for _ in range(L)]
         for i in range(H):
-            links = []  # (n, W, 2C): vertical -> horizontal link of row i, without its bias (in bh)
+            links = []  # (n, W, 2C): vertical -> horizontal link of row i, with the horizontal gate's biases
             for li, layer in enumerate(self.layers):
-                v_pre = layer.v_conv(vin[li][:, :, i : i + p + 1])  # (n, 2C, 1, W): row i of the vertical stack
-                links.append(F.conv2d(v_pre, layer.v_to_h.weight)[:, :, 0].transpose(1, 2))
+                rows = vin[li][:, i : i + p + 1]  # (n, p+1, W+2p, C)
+                sn, sr, sw, sc = rows.stride()
+                windows = rows.as_strided((n, W, p + 1, k, C), (sn, sw, sr, sw, sc))  # column w: cols w..w+k-1
+                v_pre = F.linear(windows.reshape(n, W, (p + 1) * k * C), wv[li], layer.v_conv.bias)  # (n, W, 2C)
+                links.append(F.linear(v_pre, wl[li]) + (bh[li][:, None] if bh[li].dim() == 2 else bh[li]))
                 if li + 1 < L:
-                    vin[li + 1][:, :, i + p : i + p + 1, p : p + W] = _gate(v_pre + cv[li])
+                    vin[li + 1][:, i + p, p : p + W] = _gate_last(v_pre + cv[li])
             for j in range(W):
                 skips = 0
                 for li, layer in enumerate(self.layers):
                     h_in = hin[li]
                     window = h_in[:, j : j + p + 1].reshape(n, (p + 1) * C)
-                    h_pre = torch.addmm(links[li][:, j] + bh[li], window, wh[li].t())
-                    res, skip = F.linear(_gate(h_pre), wo[li], layer.h_out.bias).chunk(2, dim=1)
+                    h_pre = torch.addmm(links[li][:, j], window, wh[li].t())
+                    res, skip = F.linear(_gate_last(h_pre), wo[li], layer.h_out.bias).chunk(2, dim=1)
                     if li + 1 < L:
-                        hin[li + 1][:, j + p] = h_in[:, j + p] + res
+                        torch.add(h_in[:, j + p], res, out=hin[li + 1][:, j + p])
                     skips = skips + skip
                 hidden = F.relu(F.linear(F.relu(skips), w1, head1.bias))
                 code = pick(F.linear(hidden, w2, head2.bias))
@@ -184,5 +199,5 @@ class PixelCNN(Prior):
                 if j + 1 < W:
                     hin[0][:, j + 1 + p] = e
                 if i + 1 < H:
-                    vin[0][:, :, i + 1 + p, j + p] = e
+                    vin[0][:, i + 1 + p, j + p] = e
         return codes

@@ -2,8 +2,9 @@
 list_priors, the `vqgen.priors` entry points and reset_plugins.
 
 The built-in priors are registered explicitly below. Third-party priors come from the `vqgen.priors`
-entry-point group (the entry-point name is the registry name), loaded once, lazily, on the first
-get_prior()/list_priors() call; a plugin that fails to load gets one warning and is skipped.
+entry-point group (the entry-point name is the registry name), loaded once per process, lazily, on the first
+get_prior()/list_priors() call; a plugin that fails to load gets one warning line (naming its distribution) and
+is skipped.
 VQGEN_NO_PLUGINS=1 turns plugin loading off.
 """
 
@@ -13,6 +14,7 @@ import importlib.metadata
 import os
 
 from priors.base import Prior, prior_class_problem
+from priors.maskgit import MaskGIT
 from priors.pixelcnn import PixelCNN
 from priors.transformer import Transformer
 from vqgen.errors import ConfigError
@@ -54,6 +56,7 @@ def register_prior(name: str):
 
 register_prior("pixelcnn")(PixelCNN)
 register_prior("transformer")(Transformer)
+register_prior("maskgit")(MaskGIT)
 _BUILTINS = frozenset(_REGISTRY)  # names registered by this package itself
 
 
@@ -66,7 +69,12 @@ def _plugins_disabled() -> bool:
     return os.environ.get("VQGEN_NO_PLUGINS", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def _load_plugins() -> None:
+    """Load the entry points once per process: each broken one gets one warning line naming its distribution."""
     global _plugins_loaded
     if _plugins_loaded:
         return
@@ -76,25 +84,30 @@ def _load_plugins() -> None:
     try:
         eps = list(_entry_points())
     except Exception as e:  # a broken environment must not break the built-in priors
-        log.warn(f"could not list '{ENTRY_POINT_GROUP}' plugins: {type(e).__name__}: {e}")
+        log.warn(_one_line(f"could not list '{ENTRY_POINT_GROUP}' plugins: {type(e).__name__}: {e}; "
+                           "VQGEN_NO_PLUGINS=1 loads none"))
         return
     for ep in sorted(eps, key=lambda e: e.name):
-        where = f"prior plugin '{ep.name}' ({ep.value})"
+        dist = getattr(ep, "dist", None)
+        origin = (getattr(dist, "name", None) if dist is not None else None) or ep.value.split(".")[0].split(":")[0]
+
+        def skip(why: str) -> None:
+            log.warn(_one_line(f"skipping prior plugin '{ep.name}' ({ep.value}) of {origin}: {why}; uninstall "
+                               f"{origin}, or set VQGEN_NO_PLUGINS=1 to load no plugins"))
+
         try:
             obj = ep.load()
         except (Exception, SystemExit) as e:
-            log.warn(f"skipping {where}: it failed to import: {type(e).__name__}: {e}")
+            skip(f"it failed to import: {type(e).__name__}: {e}")
             continue
         problem = prior_class_problem(obj)
         if problem:
-            log.warn(f"skipping {where}: {problem}")
+            skip(problem)
             continue
         if ep.name in _REGISTRY and _REGISTRY[ep.name] is not obj:
-            log.warn(f"skipping {where}: the name '{ep.name}' is already taken ({_ORIGINS[ep.name]})")
+            skip(f"the name '{ep.name}' is already taken ({_ORIGINS[ep.name]})")
             continue
-        dist = getattr(ep, "dist", None)
-        _add(ep.name, obj, (getattr(dist, "name", None) if dist is not None else None)
-             or ep.value.split(".")[0].split(":")[0])
+        _add(ep.name, obj, origin)
 
 
 def get_prior(name: str) -> type[Prior]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.base import Pick, Prior, PriorConfig
+from priors.base import AutoregressivePrior, Pick, PriorConfig
 from vqgen.errors import ConfigError
 
 
@@ -30,9 +30,12 @@ class TransformerConfig(PriorConfig):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    """A pre-LN Transformer block; causal=False attends in both directions (the maskgit prior's)."""
+
+    def __init__(self, cfg: TransformerConfig, causal: bool = True):
         super().__init__()
         d = cfg.n_embd
+        self.causal = causal
         self.n_head = cfg.n_head
         self.dropout = float(cfg.dropout)
         self.ln1 = nn.LayerNorm(d)
@@ -49,7 +52,7 @@ class Block(nn.Module):
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = self._heads(self.qkv(self.ln1(x)))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -66,21 +69,42 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class Transformer(Prior):
+def check_block_sizes(prior: str, c) -> None:
+    """ConfigError unless c's n_layer, n_head, n_embd and dropout make valid Blocks."""
+    for f in ("n_layer", "n_head", "n_embd"):
+        v = getattr(c, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{prior}: {f} must be a positive integer, got {v!r}")
+    if c.n_embd % c.n_head:
+        raise ConfigError(f"{prior}: n_head ({c.n_head}) must divide n_embd ({c.n_embd})")
+    if not 0.0 <= float(c.dropout) < 1.0:
+        raise ConfigError(f"{prior}: dropout must be in [0, 1), got {c.dropout}")
+
+
+def _init(m):
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+
+
+def init_gpt(model: nn.Module, blocks: nn.ModuleList) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 layers)."""
+    model.apply(_init)
+    for blk in blocks:
+        nn.init.normal_(blk.proj.weight, std=0.02 / math.sqrt(2 * len(blocks)))
+        nn.init.normal_(blk.mlp[2].weight, std=0.02 / math.sqrt(2 * len(blocks)))
+
+
+class Transformer(AutoregressivePrior):
     config_class = TransformerConfig
     supports_null_class = True
 
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
         c = self.config
-        for f in ("n_layer", "n_head", "n_embd"):
-            v = getattr(c, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"transformer: {f} must be a positive integer, got {v!r}")
-        if c.n_embd % c.n_head:
-            raise ConfigError(f"transformer: n_head ({c.n_head}) must divide n_embd ({c.n_embd})")
-        if not 0.0 <= float(c.dropout) < 1.0:
-            raise ConfigError(f"transformer: dropout must be in [0, 1), got {c.dropout}")
+        check_block_sizes("transformer", c)
         d = c.n_embd
         self.tok = nn.Embedding(c.num_codes, d)
         self.start = nn.Embedding(max(self.num_label_slots, 1), d)  # one start token per class (+ null), or one
@@ -90,18 +114,7 @@ class Transformer(Prior):
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, c.num_codes)
-        self.apply(self._init)
-        for blk in self.blocks:  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
-            nn.init.normal_(blk.proj.weight, std=0.02 / math.sqrt(2 * c.n_layer))
-            nn.init.normal_(blk.mlp[2].weight, std=0.02 / math.sqrt(2 * c.n_layer))
-
-    @staticmethod
-    def _init(m):
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+        init_gpt(self, self.blocks)
 
     @classmethod
     def tiny_config(cls, **overrides) -> TransformerConfig:

@@ -12,6 +12,7 @@ TINY_VQVAE_ARGS = ["--image-size", "16", "--hidden", "16", "--res-blocks", "1", 
 TINY_PRIOR_OPTS = {
     "pixelcnn": ["-o", "channels=16", "-o", "layers=3", "-o", "kernel_size=3"],
     "transformer": ["-o", "n_layer=1", "-o", "n_head=2", "-o", "n_embd=16"],
+    "maskgit": ["-o", "n_layer=1", "-o", "n_head=2", "-o", "n_embd=16", "-o", "steps=4"],
 }
 TINY_PRIOR = TINY_PRIOR_OPTS["pixelcnn"]
 

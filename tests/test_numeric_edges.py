@@ -34,6 +34,11 @@ def _sample(*more, out="s.png"):
     return lambda f: ["sample", "--prior", f.prior, "--vqvae", f.vq, "--n", "2", "--out", f.root / out, *more]
 
 
+def _inpaint(*more, out="s.png"):
+    return lambda f: ["inpaint", "--prior", f.prior, "--vqvae", f.vq, f.data / "cats", "--region", "bottom", "--n", "2",
+                      "--out", f.root / out, *more]
+
+
 # id: (args, phrase of the usage message)
 REFUSED = {
     "--epochs inf": (_vq("--epochs", "inf"), "--epochs must be a finite positive number, got inf"),
@@ -46,6 +51,11 @@ REFUSED = {
     "--n 10^12": (_sample("--n", str(10**12)), "--n 1000000000000 would hold"),
     "--guidance 1e300": (_sample("--guidance", "1e300"), "--guidance must be between 0 and 1000"),
     "--temperature -1": (_sample("--temperature", "-1"), "--temperature must be positive"),
+    "inpaint --n 10^12": (lambda f: ["inpaint", "--prior", f.prior, "--vqvae", f.vq, f.data / "cats", "--region",
+                                     "bottom", "--n", str(10**12), "--out", f.root / "i.png"], "--n 1000000000000 would hold"),
+    "inpaint --temperature nan": (lambda f: ["inpaint", "--prior", f.prior, "--vqvae", f.vq, f.data / "cats", "--region",
+                                             "bottom", "--temperature", "nan", "--out", f.root / "i.png"],
+                                  "--temperature must be a finite positive number"),
     "--fid 10^12": (lambda f: ["evaluate", "--vqvae", f.vq, "--prior", f.prior, "--data", f.data, "--fid", str(10**12)],
                     "--fid 1000000000000 would hold"),
 }
@@ -70,6 +80,8 @@ ACCEPTED = {
     "--seed of nanoseconds": (_sample("--seed", str(1_764_640_000_123_456_789_000)),
                               _sample("--seed", str(1_764_640_000_123_456_789_000 % 2**64), out="t.png"),
                               "modulo 2^64"),
+    "inpaint --seed 2^64 + 3": (_inpaint("--seed", str(2**64 + 3)), _inpaint("--seed", "3", out="t.png"),
+                                "using it modulo 2^64, 3"),
     "--temperature 1e-40": (_sample("--temperature", "1e-40"), _sample("--temperature", "1.1754943508222875e-38",
                                                                        out="t.png"), ""),
     "--nrow 10^12": (_sample("--nrow", str(10**12)), _sample("--nrow", "2", out="t.png"), ""),

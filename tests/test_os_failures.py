@@ -104,6 +104,11 @@ def _sample(*more):
     return lambda f: ["sample", "--vqvae", f.prior_vq, "--prior", f.prior, "--n", "2", "--out", f.tmp / "s.png", *more]
 
 
+def _inpaint(out, *more):
+    return lambda f: ["inpaint", "--vqvae", f.prior_vq, "--prior", f.prior, f.data / "cats", "--region", "bottom",
+                      "--n", "1", "--out", out(f), *more]
+
+
 # id: (failure to set up, args, phrase of the error line)
 ROWS = {
     "disk full writing a checkpoint": (_full_safetensors, _resume, "safetensors: No space left on device"),
@@ -121,6 +126,10 @@ ROWS = {
     "sample --save-codes a folder": (None, _sample("--save-codes", "{folder}"), "cannot write {folder}: it is a folder"),
     "reconstruct --out a folder named .png": (None, lambda f: ["reconstruct", "--vqvae", f.vq, f.data, "--out",
                                                                f.folder / "x.png"], "x.png: it is a folder"),
+    "disk full writing the inpaint PNG": (_full_png, _inpaint(lambda f: f.tmp / "i.png"),
+                                          "cannot write {tmp}/i.png: No space left on device"),
+    "inpaint --save-codes a folder": (None, _inpaint(lambda f: f.tmp / "i.png", "--save-codes", "{folder}"),
+                                      "cannot write {folder}: it is a folder"),
     "encode --out /dev/null": (None, _encode(lambda f: "/dev/null"), "cannot write /dev/null: it is not a regular file"),
     "priors, stdout full": (_full_stdout, lambda f: ["priors"],
                             "cannot write the result to standard output: No space left on device"),

@@ -28,6 +28,8 @@ def f(trained_vqvae, trained_prior, codes, tmp_path, monkeypatch):
     shutil.copy(trained_prior, ns.prior)
     shutil.copy(codes, ns.codes)
     ns.img = ns.images / "000.png"
+    ns.mask = inp / "mask.png"
+    Image.new("L", (16, 16), 255).save(ns.mask)
     ns.out.mkdir()
     os.symlink(ns.vq, ns.out / "link.safetensors")
     os.link(ns.vq, ns.out / "hard.safetensors")
@@ -46,6 +48,12 @@ def _run_with(name: str, src):
         shutil.copy(src(f), f.out / "run" / name)
         return f.out / "run" / name
     return make
+
+
+def _inpaint(out, *more, inputs=lambda f: f.img):
+    region = () if "--region" in more else ("--region", "bottom")
+    return lambda f: ["inpaint", "--prior", f.prior, "--vqvae", f.vq, inputs(f), *region, "--out", out(f),
+                      *(str(m).format(**vars(f)) for m in more)]
 
 
 # id: (args from the files, phrase of the one error line)
@@ -84,6 +92,15 @@ ROWS = {
     "train-prior --codes a file of its --out": (
         lambda f: ["train-prior", "--codes", _run_with("prior.safetensors", lambda f: f.codes)(f), "--out",
                    f.out / "run", *TINY_PRIOR], "would overwrite the --codes file"),
+    "inpaint --out an input image": (_inpaint(lambda f: f.img), "--out {img} would overwrite the INPUTS file"),
+    "inpaint --out inside an input folder": (_inpaint(lambda f: f.images / "done.png", inputs=lambda f: f.images),
+                                             "is inside the INPUTS folder"),
+    "inpaint --out the --region mask": (_inpaint(lambda f: f.mask, "--region", "{mask}"),
+                                        "would overwrite the --region file"),
+    "inpaint --save-codes the --prior": (_inpaint(lambda f: f.out / "i.png", "--save-codes", "{prior}"),
+                                         "--save-codes {prior} would overwrite the --prior file"),
+    "inpaint --out and --save-codes one file": (_inpaint(lambda f: f.out / "i.png", "--save-codes", "{out}/i.png"),
+                                                "are the same file"),
 }
 
 
@@ -98,7 +115,8 @@ def test_an_output_over_an_input_is_refused_before_any_work(f, monkeypatch, row)
 
     # the work: running a model (reading the input images may come first: their names are the outputs' names)
     for name in ("vqgen.commands.stage1.SearchEncoder", "vqgen.commands.evaluate.SearchEncoder",
-                 "vqgen.commands.sample.draw_samples", "vqgen.commands.stage1.Trainer", "vqgen.commands.stage2.Trainer"):
+                 "vqgen.commands.sample.draw_samples", "vqgen.commands.inpaint.inpaint_images",
+                 "vqgen.commands.stage1.Trainer", "vqgen.commands.stage2.Trainer"):
         monkeypatch.setattr(name, no_work)
     line = one_error_line(invoke(*args))
     assert phrase.format(images=f.images, img=f.img, vq=f.vq, prior=f.prior) in line, line

@@ -145,6 +145,9 @@ def test_tilde_is_expanded_in_every_path_option(trained_vqvae, trained_prior, co
     shutil.copy(trained_vqvae["run"] / "vqvae.safetensors", home / "vq.safetensors")
     shutil.copy(trained_prior, home / "prior.safetensors")
     shutil.copy(codes, home / "codes.safetensors")
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[8:] = 255  # the bottom half: what a raster prior can complete
+    Image.fromarray(mask).save(home / "mask.png")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
     fixed = ["--batch-size", "4", "--no-amp", "--threads", "1"]
@@ -161,12 +164,14 @@ def test_tilde_is_expanded_in_every_path_option(trained_vqvae, trained_prior, co
          "1", *fixed],
         ["sample", "--prior=~/prior.safetensors", "--vqvae=~/vq.safetensors", "--n", "2", "--out=~/s.png",
          "--save-codes=~/s.safetensors"],
+        ["inpaint", "--prior=~/prior.safetensors", "--vqvae=~/vq.safetensors", "~/data/cats", "--region=~/mask.png",
+         "--n", "1", "--out=~/i.png", "--save-codes=~/i.safetensors"],
         ["evaluate", "--vqvae=~/vq.safetensors", "--prior=~/prior.safetensors", "--data=~/data", "--json=~/f.json"],
     ):
         ok(invoke(*args))
     assert list(cwd.iterdir()) == []  # no ./~ anywhere
     for made in ("vqrun/vqvae.safetensors", "grown/vqvae.safetensors", "recon/000.png", "codes2.safetensors",
-                 "prun/prior.safetensors", "prun2/prior.safetensors", "s.png", "s.safetensors", "f.json", "cache"):
+                 "prun/prior.safetensors", "prun2/prior.safetensors", "s.png", "s.safetensors", "i.png", "i.safetensors", "f.json", "cache"):
         assert (home / made).exists(), made
     meta = tensors_and_meta(home / "prun" / "checkpoint.safetensors")[1]
     assert "~" not in meta["data"] and str(home / "codes.safetensors") in meta["data"]

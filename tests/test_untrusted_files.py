@@ -61,6 +61,11 @@ def _sample(prior):
     return lambda f: ["sample", "--prior", prior(f), "--vqvae", f.vq, "--n", "2", "--out", f.root / "out.png"]
 
 
+def _inpaint(mask):
+    return lambda f: ["inpaint", "--prior", f.prior, "--vqvae", f.vq, f.data, "--region", mask(f), "--out",
+                      f.root / "out.png"]
+
+
 # id: (args, exit code, phrase of the error line, or (exit 0) of a warning)
 ROWS = {
     "config claims a huge VQ-VAE": (_recon(lambda f: f.root / "huge.safetensors"), 1,
@@ -83,6 +88,9 @@ ROWS = {
     "device as --prior": (_sample(lambda f: "/dev/zero"), 1, "/dev/zero is not a regular file"),
     "codes claim K = 2^31 - 1": (lambda f: ["train-prior", "--codes", f.root / "codes_bigk.safetensors", "--out",
                                             f.root / "run"], 1, "metadata num_codes is 2147483647, outside the 2 to"),
+    "PostScript as the inpaint mask": (_inpaint(lambda f: f.root / "postscript" / "evil.png"), 1,
+                                       "cannot read the mask image"),
+    "FIFO as the inpaint mask": (_inpaint(lambda f: f.root / "fifo.safetensors"), 2, "or a mask image file"),
     "PostScript named .png": (_recon(lambda f: f.vq, lambda f: f.root / "postscript"), 0,
                               "skipped {root}/postscript/evil.png: not an image in a format vqgen reads (PNG, JPEG"),
     "escape sequence in a name": (_recon(lambda f: f.vq, lambda f: f.root / "names"), 0,

@@ -78,6 +78,9 @@ ROWS = {
                                           "has class horses, which the prior does not know"),
     "evaluate: classes matched by name": (_evaluate(lambda f: f.dogs, lambda f: f.vq, "--prior", "{prior}"), 0,
                                           "matched them by name"),
+    "inpaint: class folders matched by name": (
+        lambda f: ["inpaint", "--prior", f.prior, "--vqvae", f.vq, f.dogs, "--region", "bottom", "--n", "1", "--out",
+                   f.root / "figures.png"], 0, "matched them by name"),
     "evaluate: images too small for SSIM": (_evaluate(lambda f: f.dogs, lambda f: f.small_vq), 0,
                                             "SSIM needs images of at least 11x11"),
     "evaluate: an empty split": (lambda f: ["evaluate", "--vqvae", f.vq, "--data", f.one, "--split", "val"], 1,
@@ -104,6 +107,9 @@ def test_refused_before_the_first_step(f, monkeypatch, row):
             figures = json.loads((f.root / "figures.json").read_text())
             assert all(v == v for v in figures.values() if isinstance(v, float))  # no NaN
             assert ("ssim" in figures) == ("SSIM" not in phrase)
+        elif row.startswith("inpaint"):
+            assert (f.root / "figures.png").exists()
+            (f.root / "figures.png").unlink()
         else:
             assert (f.root / "run" / "prior.safetensors").exists()
     shutil.rmtree(f.root / "run", ignore_errors=True)  # the next row starts clean

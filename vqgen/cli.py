@@ -170,6 +170,8 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from
 OverwriteOpt = typer.Option(False, "--overwrite", help="Start afresh in an --out that holds an earlier run, deleting "
                             "its weights, best weights, checkpoint, metrics and reconstructions (without it, such "
                             "an --out is refused).")
+SamplingOptionsOpt = typer.Option([], "--opt", "-o", help="A sampling option of the prior, key=value (repeatable): "
+                                  "maskgit's steps and choice_temperature, e.g. -o steps=12.")
 
 
 def _train_overrides(**given) -> dict:
@@ -344,6 +346,7 @@ def sample(
     nrow: int = typer.Option(8, "--nrow", help="Images per grid row (a conditional prior draws one class per row)."),
     save_codes: Optional[str] = typer.Option(None, "--save-codes", help="Also write the sampled index grids here."),
     batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
+    opt: List[str] = SamplingOptionsOpt,
     amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
@@ -353,7 +356,43 @@ def sample(
 
     emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
              seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size, amp=amp,
-             guidance=guidance, unconditional=unconditional), as_json)
+             guidance=guidance, unconditional=unconditional, prior_options=opt), as_json)
+
+
+@app.command(epilog="Example: vqgen inpaint photo.png --region bottom --n 4 --out completed.png")
+@friendly
+def inpaint(
+    inputs: List[str] = typer.Argument(..., help="Image files or folders."),
+    region: str = typer.Option(..., "--region", help="What to regenerate: top | bottom | left | right (that half of "
+                               "the code grid) | center (its middle half each way) | MASK.png (white: regenerate; "
+                               "resized to the grid). Raster priors (pixelcnn, transformer) complete bottom only."),
+    out: Path = typer.Option(..., "--out", help="A .png: per image a row of the original, the masked input and the completions."),
+    n: int = typer.Option(4, "--n", help="Completions per image."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="Prior weights (default: the shipped CIFAR-10 prior)."),
+    vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
+    class_: Optional[str] = typer.Option(None, "--class", help="Complete as this class (default: each image's class "
+                                         "folder when named like the prior's classes, else no class)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0 "
+                                             "towards the class (default: 1.0 with a class and a null class, else 0)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same completions."),
+    save_codes: Optional[str] = typer.Option(None, "--save-codes", help="Also write the completed index grids here."),
+    opt: List[str] = SamplingOptionsOpt,
+    batch_size: int = typer.Option(256, "--batch-size", help="Grids drawn at once."),
+    amp: Optional[bool] = InferAmpOpt,
+    device: str = DeviceOpt,
+    data_root: Optional[str] = DataRootOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    as_json: bool = JsonOpt,
+):
+    """Complete images: keep their codes outside a region, draw the codes inside it from the prior, decode."""
+    from vqgen.commands.inpaint import inpaint as run
+
+    emit(run(inputs, out, region=region, n=n, save_codes=save_codes, class_=class_, prior=prior, vqvae=vqvae,
+             guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prior_options=opt,
+             batch_size=batch_size, amp=amp, device=device, data_root=data_root, cache_dir=cache_dir), as_json)
 
 
 @app.command("priors", epilog="Example: vqgen priors --json")

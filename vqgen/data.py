@@ -119,7 +119,7 @@ def _decode(path: str, size: int) -> tuple[np.ndarray, bool]:
     Raises on anything Pillow cannot open or fully decode (truncated files included)."""
     from PIL import Image, ImageOps
 
-    with Image.open(path, formats=_formats()) as img:
+    with open_image(path) as img:
         w, h = img.size
         if w < 1 or h < 1:
             raise OSError("image has no pixels")
@@ -136,6 +136,13 @@ def _decode(path: str, size: int) -> tuple[np.ndarray, bool]:
             img = img.resize((size, size), Image.BICUBIC, box=(left, top, left + s, top + s))
         arr = np.asarray(img, dtype=np.uint8)
     return arr, min(w, h) < size
+
+
+def open_image(path: str | os.PathLike):
+    """Pillow's Image.open limited to FORMATS: every image vqgen reads (data, masks) is opened through it."""
+    from PIL import Image
+
+    return Image.open(path, formats=_formats())
 
 
 def _formats() -> tuple[str, ...]:

@@ -7,6 +7,9 @@ codes the prior learned; a prior is rebuilt as get_prior(name)(config_class(**co
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
 from dataclasses import asdict
 
 import torch
@@ -39,9 +42,50 @@ def load_prior_tensors(path) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def load_prior(path, device: torch.device | str = "cpu"):
-    """Rebuild a prior from its weights file; returns (prior in eval mode, metadata dict). Its config is checked
-    against the file's tensor header before the prior is built, so a config claiming a huge prior costs nothing."""
+def parse_prior_options(config_class, options: list[str], reserved: tuple[str, ...] = ()) -> dict:
+    """Turn `key=value` strings (the command line's -o) into typed fields of a prior's config dataclass; a key
+    in `reserved` is refused like an unknown one."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
+    out = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields or key in reserved:
+            allowed = ", ".join(sorted(set(fields) - set(reserved))) or "none"
+            raise ConfigError(f"bad prior option {item!r}; use key=value with key one of: {allowed}")
+        typ = hints.get(key, str)
+        try:
+            if typ is bool:
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            elif typ in (int, float, str):
+                out[key] = typ(value)
+            else:
+                out[key] = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"prior option {key} must be {getattr(typ, '__name__', typ)}, got {value!r}") from None
+    return out
+
+
+def sampling_overrides(cls, options: dict | list[str] | None) -> dict:
+    """A trained prior's sampling options (its class's sampling_fields) as config fields, checked; `options` is a
+    dict or `key=value` strings."""
+    if not options:
+        return {}
+    if not isinstance(options, dict):
+        options = parse_prior_options(cls.config_class, list(options))
+    bad = sorted(set(options) - set(cls.sampling_fields))
+    if bad:
+        has = ", ".join(cls.sampling_fields) if cls.sampling_fields else "none"
+        raise ConfigError(f"{{prior_options.{bad[0]}}} is not a sampling option of the {cls.name} prior; a trained "
+                          f"prior's weights fix its other fields (its sampling options: {has})")
+    return dict(options)
+
+
+def load_prior(path, device: torch.device | str = "cpu", sampling: dict | list[str] | None = None):
+    """Rebuild a prior from its weights file, with `sampling` options (see sampling_overrides) changed; returns
+    (prior in eval mode, metadata dict). Its config is checked against the file's tensor header before the prior
+    is built, so a config claiming a huge prior costs nothing."""
     header, raw = read_kind_header(path, KIND_PRIOR)
     name = raw.get("prior")
     if not name:
@@ -50,17 +94,20 @@ def load_prior(path, device: torch.device | str = "cpu"):
         cls = get_prior(name)
     except ConfigError as e:
         raise CheckpointError(f"{path} was written by a prior this installation lacks: {e}") from None
-    cfg = config_from_meta(cls.config_class, raw, "config", path)
+    stored = config_from_meta(cls.config_class, raw, "config", path)
 
-    def build():
+    def build(cfg):
         try:
             return cls(cfg)
         except (ConfigError, TypeError, ValueError) as e:
+            if cfg is not stored:  # the file's own config built (check_fits): the sampling options given are at fault
+                raise
             raise CheckpointError(f"{path}: its config is not a valid {name} config ({e})") from None
 
-    check_fits(build, header, path, f"{name} prior")
+    check_fits(lambda: build(stored), header, path, f"{name} prior")
+    overrides = sampling_overrides(cls, sampling)
     tensors, m = load_prior_tensors(path)
-    prior = build()
+    prior = build(dataclasses.replace(stored, **overrides) if overrides else stored)
     try:
         prior.load_state_dict(tensors)
     except RuntimeError as e:
@@ -77,12 +124,14 @@ INIT_FREE_FIELDS = ("dropout", "label_dropout")
 def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
     """Load a trained prior's weights into `prior` (train-prior --init-from): same prior and sizes, but dropout and
     label dropout may change; a class embedding that gains the null class keeps its rows and starts the null
-    row at their mean (the average class: a start for p(grid) that a few thousand steps refine)."""
+    row at their mean (the average class: a start for p(grid) that a few thousand steps refine). Sampling options
+    (the prior's sampling_fields) may change too."""
     cfg = asdict(prior.config)
+    free = (*INIT_FREE_FIELDS, *type(prior).sampling_fields)
     for k, v in meta["config"].items():
-        if k not in INIT_FREE_FIELDS and cfg.get(k) != v:
+        if k not in free and cfg.get(k) != v:
             raise ConfigError(f"{{init_from}} {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
-                              f"only be started from one of the same shape (it may change only {', '.join(INIT_FREE_FIELDS)})")
+                              f"only be started from one of the same shape (it may change only {', '.join(free)})")
     own = prior.state_dict()
     for k, new in own.items():
         old = tensors.get(k)
@@ -111,7 +160,7 @@ def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, 
         )
 
 
-def open_prior(path=None, device: str = "auto"):
-    """Load the given prior, or the shipped one when path is None; returns (prior in eval mode, metadata dict).
-    `device` is a name: auto, cpu, cuda or cuda:N."""
-    return load_prior(path or shipped("prior"), resolve_device(str(device)))
+def open_prior(path=None, device: str = "auto", sampling: dict | list[str] | None = None):
+    """Load the given prior, or the shipped one when path is None, with `sampling` options changed; returns
+    (prior in eval mode, metadata dict). `device` is a name: auto, cpu, cuda or cuda:N."""
+    return load_prior(path or shipped("prior"), resolve_device(str(device)), sampling)

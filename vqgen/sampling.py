@@ -37,6 +37,16 @@ def check_count(n: int, image_size: int) -> None:
     check_held("n", n, 3 * image_size * image_size * 4 + g * g * 8, f"{image_size}x{image_size} samples")
 
 
+def open_pair(prior: str | None, vqvae: str | None, dev: torch.device, prior_options=None):
+    """A prior and the VQ-VAE it is used with (default: the shipped ones), refused when they do not belong
+    together; returns (prior, prior metadata, VQ-VAE, VQ-VAE sha256)."""
+    model_p, pmeta = open_prior(prior, str(dev), prior_options)
+    model_v, vsha, _ = open_vqvae(vqvae, str(dev))
+    g = model_v.config.grid
+    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
+    return model_p, pmeta, model_v, vsha
+
+
 @dataclass
 class Samples:
     """What one draw produced."""
@@ -69,12 +79,14 @@ def draw_samples(
     batch_size: int = 256,
     device: str = "auto",
     amp: bool | None = None,
+    prior_options: dict | list[str] | None = None,
 ) -> Samples:
     """Draw n index grids from a prior (default: the shipped one) and decode them with its VQ-VAE.
 
     Without class_name a class-conditional prior cycles through its classes, `class_run` consecutive samples per
     class (the CLI passes its grid width: one class per row); unconditional=True draws from p(grid) with the null
-    class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise."""
+    class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise. prior_options
+    change the prior's sampling options (maskgit: steps, choice_temperature): a dict or `key=value` strings."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
     seed = seed_value("seed", seed)
@@ -86,10 +98,7 @@ def draw_samples(
         raise OptionError("{guidance} steers towards a class; {unconditional=True} draws without one: drop one of "
                           "them", "guidance")
     dev = resolve_device(device)
-    model_p, pmeta = open_prior(prior, str(dev))
-    model_v, vsha, _ = open_vqvae(vqvae, str(dev))
-    g = model_v.config.grid
-    check_compatible(model_p.config, vsha, pmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
+    model_p, pmeta, model_v, vsha = open_pair(prior, vqvae, dev, prior_options)
     check_count(n, model_v.config.image_size)
     num_classes = model_p.config.num_classes
     if guidance is None:

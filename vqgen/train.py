@@ -34,6 +34,7 @@ class RunFiles(Protocol):
 
     dir: Path  # the folder
     state: Path  # the training state: everything resume needs
+    weights: Path  # what export() writes: the run's result
     metrics: Path  # metrics.jsonl
     best: Path  # the weights of the held-out evaluation with the best figure so far
     resume_command: str  # what to run to continue (said on Ctrl+C)
@@ -405,8 +406,8 @@ class Trainer:
                     self.save_state()
         if result is None:  # a resumed run that had already reached cfg.steps only re-evaluates
             result = self._run_eval() if self.evaluate else {}
-        if self.step == start_step and self.dist.main and self.export is not None:
-            self.export()  # ... and rewrites its weights from the checkpoint, so that the weights it names exist
+        if self.step == start_step and self.dist.main and self.export is not None and not self.run.weights.exists():
+            self.export()  # ... and writes its weights again when they are gone: the summary names them
         out = {**last, **result, "images_per_s": last.get("images_per_s", 0.0)}
         if self.keep_best and self.best is not None:
             if self.run.best.exists():

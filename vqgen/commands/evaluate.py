@@ -29,7 +29,8 @@ def evaluate(data: str, *, vqvae: str | None = None, prior: str | None = None, s
     """The figures as a flat dict (also written to `json_out` as one JSON object, when given).
 
     Without vqvae and prior the shipped pair is evaluated; with search > 1 the images' codes come from
-    vqgen.search's decoder-aware search instead of the nearest codes."""
+    vqgen.search's decoder-aware search instead of the nearest codes. A prior's figures follow the likelihood it
+    declares: bits_per_code (exact), bits_per_code_bound (a bound), none (no likelihood)."""
     check_positive("batch_size", batch_size)
     check_choice("split", split, SPLITS)
     check_fraction("val_fraction", val_fraction)
@@ -76,7 +77,7 @@ def evaluate(data: str, *, vqvae: str | None = None, prior: str | None = None, s
             codes = encoder(x)
             stats.update_images(x, model.decode(codes).float())
             stats.update_codes(codes)
-            if p_model is not None:
+            if p_model is not None and p_model.likelihood != "none":
                 lab = labels[i : i + batch_size].to(dev) if p_model.config.num_classes else None
                 with torch.no_grad():
                     nll -= float(p_model.log_prob(codes, lab).double().sum())
@@ -89,12 +90,15 @@ def evaluate(data: str, *, vqvae: str | None = None, prior: str | None = None, s
            "perplexity": s["perplexity"], "unigram_entropy_bits": s["unigram_entropy_bits"]}
     if search > 1:
         out["search"], out["search_sweeps"] = search, search_sweeps
-    if p_model is not None:
+    if p_model is not None and p_model.likelihood == "none":
+        log.note(f"the {p_meta['prior']} prior declares no likelihood: no bits per code are reported")
+    elif p_model is not None:
+        bound = "_bound" if p_model.likelihood == "bound" else ""  # an upper bound on the bits: named so
         bpc = bits_per_code(nll / n_codes)
-        out["bits_per_code"] = bpc
-        out["bits_per_dim"] = bits_per_dim(bpc, model.config.grid**2, tuple(imgs.shape[1:]))
+        out[f"bits_per_code{bound}"] = bpc
+        out[f"bits_per_dim{bound}"] = bits_per_dim(bpc, model.config.grid**2, tuple(imgs.shape[1:]))
         if p_model.config.num_classes and p_model.has_null_class:  # the same prior, told no class: p(grid)
-            out["bits_per_code_unconditional"] = bits_per_code(nll_uncond / n_codes)
+            out[f"bits_per_code{bound}_unconditional"] = bits_per_code(nll_uncond / n_codes)
     if fid:
         if p_model is None:
             raise ConfigError("{fid} needs a prior to draw samples from; pass {prior}")

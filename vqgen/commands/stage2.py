@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import typing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from vqgen.data import SPLIT_SEED, split_indices
 from vqgen.errors import CodesError, ConfigError, OptionError, check_fraction, check_positive
 from vqgen.metrics import LN2, code_usage
 from vqgen.paths import user_path
-from vqgen.prior_file import INIT_FREE_FIELDS, load_prior_tensors, save_prior, start_from
+from vqgen.prior_file import INIT_FREE_FIELDS, load_prior_tensors, parse_prior_options, save_prior, start_from
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed
 from vqgen.run import RunFolder, check_unchanged, fingerprint
 from vqgen.train import KeepBest, Trainer, TensorBatches, check_training_options
@@ -29,32 +27,6 @@ from vqgen.train import KeepBest, Trainer, TensorBatches, check_training_options
 DEFAULT_LABEL_DROPOUT = 0.1  # Ho & Salimans' range (0.1-0.2); guidance then needs no second network
 # prior config fields train-prior sets itself, from the codes and --label-dropout: never a -o option
 SET_BY_THE_RUN = ("num_codes", "height", "width", "num_classes", "label_dropout")
-
-
-# -- prior options ("key=value" strings -> typed config fields) --------------------------------------------------
-def parse_prior_options(config_class, options: list[str]) -> dict:
-    """Turn `key=value` strings (train-prior -o) into typed fields of the prior's config dataclass."""
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    hints = typing.get_type_hints(config_class)
-    reserved = set(SET_BY_THE_RUN)
-    out = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields or key in reserved:
-            allowed = ", ".join(sorted(set(fields) - reserved))
-            raise ConfigError(f"bad prior option {item!r}; use key=value with key one of: {allowed}")
-        typ = hints.get(key, str)
-        try:
-            if typ is bool:
-                out[key] = value.lower() in ("1", "true", "yes", "on")
-            elif typ in (int, float, str):
-                out[key] = typ(value)
-            else:
-                out[key] = json.loads(value)
-        except ValueError:
-            raise ConfigError(f"prior option {key} must be {getattr(typ, '__name__', typ)}, got {value!r}") from None
-    return out
 
 
 class PriorObjective(nn.Module):
@@ -79,31 +51,44 @@ class PriorObjective(nn.Module):
         if labels is not None and self.prior.has_null_class:
             labels = self._drop_labels(labels)
         loss = self.prior.loss(codes, labels)
-        return loss, {"bits_per_code": loss.detach() / LN2}
+        return loss, {TRAINING_FIGURE[self.prior.likelihood]: loss.detach() / LN2}
+
+
+# the held-out figure by the likelihood a prior declares (lower is better), and the training loss's name: an
+# exact likelihood gives bits per code; a bound gives an upper bound on them; without one, the objective itself
+HELD_OUT_FIGURE = {"exact": "val_bits_per_code", "bound": "val_bits_per_code_bound", "none": "val_objective"}
+TRAINING_FIGURE = {"exact": "bits_per_code", "bound": "objective", "none": "objective"}
+FIGURE_MEANING = {"bound": "an upper bound on bits per code (the prior declares a likelihood bound)",
+                  "none": "its training objective in bits per code (the prior declares no likelihood)"}
 
 
 @torch.no_grad()
 def evaluate_prior(prior: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 500,
                    amp: bool = False) -> dict:
-    """Held-out negative log-likelihood in bits per code (given the labels; also given no class where the prior
-    has a null class)."""
+    """The held-out figure the prior's likelihood gives (HELD_OUT_FIGURE), given the labels and, where the prior
+    has a null class, given no class. An objective that draws random numbers draws the same ones every time."""
     was = prior.training
     prior.eval()
     dev = next(prior.parameters()).device
-    streams = {"val_bits_per_code": labels}
+    key = HELD_OUT_FIGURE[prior.likelihood]
+    streams = {key: labels}
     if labels is not None and getattr(prior, "has_null_class", False):
-        streams["val_bits_per_code_unconditional"] = torch.full_like(labels, prior.null_label)
+        streams[f"{key}_unconditional"] = torch.full_like(labels, prior.null_label)
     out = {}
-    for key, lab_all in streams.items():
-        total, n = 0.0, 0
-        for i in range(0, codes.shape[0], batch_size):
-            c = codes[i : i + batch_size].to(dev)
-            lab = lab_all[i : i + batch_size].to(dev) if lab_all is not None else None
-            with autocast(dev, amp):
-                lp = prior.log_prob(c, lab)
-            total += float(-lp.float().sum())
-            n += c.numel()
-        out[key] = total / max(n, 1) / LN2
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        for name, lab_all in streams.items():
+            torch.manual_seed(0)
+            total, n = 0.0, 0
+            for i in range(0, codes.shape[0], batch_size):
+                c = codes[i : i + batch_size].to(dev)
+                lab = lab_all[i : i + batch_size].to(dev) if lab_all is not None else None
+                with autocast(dev, amp):
+                    if prior.likelihood == "none":
+                        total += float(prior.loss(c, lab).float()) * c.numel()
+                    else:
+                        total += float(-prior.log_prob(c, lab).float().sum())
+                n += c.numel()
+            out[name] = total / max(n, 1) / LN2
     prior.train(was)
     return {**out, "val_grids": codes.shape[0]}
 
@@ -161,7 +146,7 @@ def train_prior(
                              "class_conditional": cfg_dict["num_classes"] > 0,
                              "label_dropout": cfg_dict.get("label_dropout", 0.0)})
             if prior_options:
-                given = parse_prior_options(get_prior(stored_name).config_class, prior_options)
+                given = parse_prior_options(get_prior(stored_name).config_class, prior_options, SET_BY_THE_RUN)
                 check_unchanged({f"prior_options.{k}": v for k, v in given.items()},
                                 {f"prior_options.{k}": v for k, v in cfg_dict.items()})
             if val_codes is not None and stored_data["val_codes"] is None:
@@ -215,7 +200,7 @@ def train_prior(
                 label_dropout = DEFAULT_LABEL_DROPOUT if conditional and cls.supports_null_class else 0.0
             elif label_dropout > 0 and not conditional:
                 raise ConfigError("{label_dropout} needs a class-conditional prior; these codes are trained unconditionally")
-            cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options),
+            cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options, SET_BY_THE_RUN),
                         "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
                         "num_classes": len(cs.class_names) if conditional else 0, "label_dropout": float(label_dropout)}
         if epochs is not None:
@@ -254,6 +239,9 @@ def train_prior(
                              dist=dist)
         train_cfg.amp = speed.amp
         log.note(f"computing in {speed.describe()}")
+        if cls.likelihood != "exact":  # say what the figure is whenever it is not the bits per code the others report
+            log.note(f"held-out figure: {HELD_OUT_FIGURE[cls.likelihood]}, {FIGURE_MEANING[cls.likelihood]}; the best "
+                     "weights are kept by it")
         batches = TensorBatches((tr_codes.to(dev), tr_labels.to(dev) if tr_labels is not None else None),
                                 train_cfg.batch_size, train_cfg.seed, dist)
         class_names = list(cs.class_names) if conditional else []
@@ -272,13 +260,14 @@ def train_prior(
             export=lambda: save_prior(prior, run.weights, class_names, cs.vqvae_sha256),
             evaluate=lambda: evaluate_prior(prior, va_codes, va_labels, amp=train_cfg.amp),
             describe_metrics=lambda m: {k: v.item() for k, v in m.items()}, compile=compile,
-            keep_best=KeepBest("val_bits_per_code", False,
+            keep_best=KeepBest(HELD_OUT_FIGURE[cls.likelihood], False,
                                lambda: save_prior(prior, run.best, class_names, cs.vqvae_sha256))
             if va_codes.shape[0] else None,
             speed=speed,
         )
         summary = trainer.fit(resume=run.resuming)
-        summary.update({"steps": trainer.step, "prior": prior_name, "class_conditional": conditional,
+        summary.update({"steps": trainer.step, "prior": prior_name, "likelihood": cls.likelihood,
+                        "class_conditional": conditional,
                         "unigram_entropy_bits": code_usage(tr_codes, cs.num_codes)["unigram_entropy_bits"],
                         "weights": str(run.weights)})
         return summary
