@@ -76,7 +76,7 @@ def measure_cli(steps: int, batch: int, device: str) -> tuple[float, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per model-step row (0: only the command's row)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cli-steps", type=int, default=60, help="steps of the real command (0: skip that row)")
@@ -88,7 +88,8 @@ def main() -> None:
     print("| amp (bf16) | channels_last | images/s |\n|---|---|---|")
     for amp in (True, False):
         for cl in (True, False):
-            print(f"| {amp} | {cl} | {measure(dev, amp, cl, a.steps, a.batch_size):.0f} |", flush=True)
+            if a.steps:
+                print(f"| {amp} | {cl} | {measure(dev, amp, cl, a.steps, a.batch_size):.0f} |", flush=True)
     if a.cli_steps:
         rate, s = measure_cli(a.cli_steps, a.batch_size, a.device)
         print(f"| `vqgen train-vqvae` defaults: {'bf16' if s['amp'] else 'fp32'}, channels_last "

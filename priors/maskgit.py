@@ -50,7 +50,9 @@ class MaskGITConfig(PriorConfig):
     n_embd: int = 128  # width of the residual stream
     dropout: float = 0.0  # dropout on attention weights, residual branches and embeddings (training only)
     # sampling only (vqgen sample -o steps=12 changes them on a trained prior)
-    steps: int = 8  # S: parallel decoding steps per grid
+    # S: parallel decoding steps per grid; 2 measured best of 2/4/8/12/16 on CIFAR-10 (BENCHMARKS.md, "Priors beyond
+    # raster order"), for a prior trained 1,300 steps: a longer-trained one may prefer more
+    steps: int = 2
     choice_temperature: float = 4.5  # Gumbel noise on the confidences at the first step, annealed to 0 at the last
 
 
