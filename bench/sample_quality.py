@@ -33,7 +33,6 @@ fixed training images instead of the held-out ones, so that the held-out figures
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
