@@ -145,6 +145,9 @@ SearchOpt = typer.Option(0, "--search", help="Pick each position's code among it
 SearchSweepsOpt = typer.Option(1, "--search-sweeps", help="Passes of --search over the grid's positions (2: ~0.1 dB more).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: auto, the faster of torch's default "
                           "and the usable cores, measured with --amp's choice; OMP_NUM_THREADS is respected).")
+DataOnDeviceOpt = typer.Option("auto", "--data-on-device", help="auto | yes | no: hold the training split on the "
+                               "device, or stream batches to it from the memory-mapped cache (auto: on the device "
+                               "when it takes at most half of the device's measured free memory; printed and recorded).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 SamplingOptionsOpt = typer.Option([], "--opt", "-o", help="A sampling option of the prior, key=value (repeatable): "
                                   "maskgit's steps and choice_temperature, e.g. -o steps=12.")
@@ -189,6 +192,7 @@ def train_vqvae(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Force the channels_last memory format on or off (default: auto, measured with --amp's choice)."),
     threads: Optional[int] = ThreadsOpt,
+    data_on_device: str = DataOnDeviceOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -204,7 +208,7 @@ def train_vqvae(
                                  log_every=log_every, amp=amp)
     summary = run(data, out, model, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip, shift=shift,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
-                  channels_last=channels_last, init_from=init_from, threads=threads)
+                  channels_last=channels_last, init_from=init_from, threads=threads, data_on_device=data_on_device)
     emit(summary, as_json)
 
 
@@ -288,6 +292,7 @@ def train_prior(
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the prior (GPU runs)."),
     threads: Optional[int] = ThreadsOpt,
+    data_on_device: str = DataOnDeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Fit an autoregressive prior (stage 2) on index grids; report held-out bits per code."""
@@ -298,7 +303,8 @@ def train_prior(
                                  log_every=log_every, amp=amp)
     emit(run(codes, out, prior, opt, overrides, epochs=epochs, class_conditional=class_conditional,
              val_codes=val_codes, val_fraction=val_fraction, device=device, resume=resume, compile=compile,
-             threads=threads, label_dropout=label_dropout, init_from=init_from), as_json)
+             threads=threads, label_dropout=label_dropout, init_from=init_from, data_on_device=data_on_device),
+         as_json)
 
 
 @app.command(epilog="Example: vqgen sample --n 64 --out grid.png --class cat --seed 1")

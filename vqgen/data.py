@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from vqgen import log
-from vqgen.checkpoint import load_tensors, read_header, save_tensors
+from vqgen.checkpoint import read_header, read_meta, save_tensors
 from vqgen.errors import DataError, check_choice
+from vqgen.run import fingerprint
+from vqgen.stream import map_tensors
 
 KIND_IMAGE_CACHE = "vqgen.image-cache"
 CACHE_VERSION = "1"  # bump when decoding/resizing changes, so old caches are not reused
@@ -38,6 +40,7 @@ class ImageSet:
     class_names: list[str] = field(default_factory=list)  # label index -> name; [] when unlabelled
     paths: list[str] = field(default_factory=list)  # one relative path per image ("cat/001.png")
     source: str = ""  # the spec the set came from
+    sha256: str = ""  # vqgen.run.fingerprint(images, labels) when known (a cached folder stores it); "" otherwise
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -326,7 +329,8 @@ def _read_cache(path: Path, key: str, image_size: int) -> tuple[ImageSet, list, 
         _, meta = read_header(path)
         if meta.get("format") != KIND_IMAGE_CACHE or meta.get("key") != key:
             return None  # stale (folder changed) or foreign: rebuild quietly
-        tensors, meta = load_tensors(path, KIND_IMAGE_CACHE)
+        meta = read_meta(path, KIND_IMAGE_CACHE)
+        tensors = map_tensors(path)  # read as training reads it: a set larger than memory is never loaded whole
         images = tensors["images"]
         n = images.shape[0]
         class_names = json.loads(meta["class_names"])
@@ -350,7 +354,8 @@ def _read_cache(path: Path, key: str, image_size: int) -> tuple[ImageSet, list, 
     except Exception:
         log.note(f"image cache {path} is unreadable; rebuilding it")
         return None
-    s = ImageSet(images=images, labels=labels, class_names=class_names, paths=paths, source=meta.get("source", ""))
+    s = ImageSet(images=images, labels=labels, class_names=class_names, paths=paths, source=meta.get("source", ""),
+                 sha256=meta.get("sha256", ""))
     return s, skipped, upscaled
 
 
@@ -370,6 +375,7 @@ def _write_cache(path: Path, key: str, s: ImageSet, image_size: int, skipped: li
         "paths": s.paths,
         "skipped": skipped,
         "upscaled": upscaled,
+        "sha256": s.sha256 or fingerprint(s.images, s.labels),
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

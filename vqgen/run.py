@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shlex
 from pathlib import Path
@@ -165,13 +166,24 @@ def check_unchanged(given: dict, stored: dict) -> None:
                           "option, or start a new run with another {run_dir}")
 
 
-def fingerprint(*tensors: torch.Tensor | None) -> str:
-    """sha256 over tensors' contents: recorded with a run, so --resume can tell that its data changed."""
+FINGERPRINT_CHUNK = 1 << 26  # bytes hashed at a time: a memory-mapped set larger than memory is never copied whole
+
+
+def fingerprint(*tensors) -> str:
+    """sha256 over tensors' contents: recorded with a run, so --resume can tell that its data changed.
+
+    Anything with dtype, shape and row slicing will do (vqgen.stream.Rows): it is read a chunk of rows at a time."""
     h = hashlib.sha256()
     for t in tensors:
-        if t is not None:
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if t is None:
+            continue
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        if len(t.shape) == 0:
+            t = t.reshape(1)
+        row_bytes = max(1, math.prod(t.shape[1:]) * t.dtype.itemsize)
+        step = max(1, FINGERPRINT_CHUNK // row_bytes)
+        for i in range(0, t.shape[0], step):
+            h.update(t[i : i + step].detach().cpu().contiguous().view(torch.uint8).numpy())
     return h.hexdigest()
 
 

@@ -21,6 +21,7 @@ from vqgen.images import make_grid, save_png
 from vqgen.metrics import RunningStats, code_usage, psnr_from_mse
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first
 from vqgen.search import SearchEncoder, check_search, check_search_options
+from vqgen.stream import DATA_ON_DEVICE, Rows, StreamBatches, place_data
 from vqgen.run import GRID_FILE, RunFolder, check_unchanged, fingerprint
 from vqgen.train import KeepBest, Trainer, TensorBatches, TrainConfig, check_training_options
 from vqgen.vqvae import (VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, open_vqvae, read_vqvae_config, save_vqvae,
@@ -82,6 +83,7 @@ def train_vqvae(
     channels_last: bool | None = None,
     init_from: str | None = None,
     threads: int | None = None,
+    data_on_device: str = "auto",
 ) -> dict:
     """Train (or resume) a VQ-VAE in run_dir, from scratch or grown from the weights `init_from`; returns the
     held-out summary.
@@ -89,7 +91,8 @@ def train_vqvae(
     `model` is a whole VQVAEConfig or a dict of the model options given (None = not given); the others come
     from `init_from`, from the run when resuming, else from VQVAEConfig(). On resume, `data` (None = where the
     run read it) may point to a new place, but its contents must be the run's; options that would change the
-    model or the held-out split are refused rather than ignored."""
+    model or the held-out split are refused rather than ignored. The training split is held on the device or
+    streamed from the (memory-mapped) image cache as `data_on_device` says (vqgen.stream.place_data)."""
     run = RunFolder(run_dir, "vqvae")
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
     given = asdict(model) if isinstance(model, VQVAEConfig) else {k: v for k, v in model.items() if v is not None}
@@ -98,6 +101,7 @@ def train_vqvae(
     check_positive("threads", threads)
     check_fraction("val_fraction", val_fraction)
     check_at_least("shift", shift, 0)
+    check_choice("data_on_device", data_on_device, DATA_ON_DEVICE)
     if data is None and not resume:
         raise OptionError("{data} is required (unless {resume=True})", "data")
     run.begin(resume, init_from)
@@ -128,12 +132,12 @@ def train_vqvae(
         images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir)
     if len(images.images) < 2:
         raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
-    data_sha = fingerprint(images.images, images.labels)
+    data_sha = images.sha256 or fingerprint(images.images, images.labels)
     run.check_same_data(data_sha, data)
     tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
     if epochs is not None:
         train_cfg.train_for_epochs(epochs, len(tr))
-    train_images = images.images[tr].to(dev)
+    placement = place_data(data_on_device, len(tr) * images.images[0].numel(), dev)
     val_images = images.images[va]
     fixed = val_images[:32]
 
@@ -161,11 +165,14 @@ def train_vqvae(
     speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, channels_last=channels_last,
                          threads=threads, dist=dist)
     train_cfg.amp = speed.amp
-    log.note(f"computing in {speed.describe()}")
+    log.note(f"computing in {speed.describe()}; {placement.describe()}")
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     objective = VQVAEObjective(model, flip=flip, shift=shift)
-    batches = TensorBatches((train_images,), train_cfg.batch_size, train_cfg.seed, dist)
+    if placement.on_device:
+        batches = TensorBatches((images.images[tr].to(dev),), train_cfg.batch_size, train_cfg.seed, dist)
+    else:
+        batches = StreamBatches((Rows(images.images, tr),), train_cfg.batch_size, train_cfg.seed, dev, dist)
 
     def export() -> None:
         save_vqvae(model, run.weights)
@@ -177,6 +184,7 @@ def train_vqvae(
         "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction,
                  "split_seed": SPLIT_SEED, "flip": flip, "shift": shift, "num_train": len(tr),
                  "num_val": len(va)},
+        **placement.record(),
     }
     if start is not None:
         run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}
