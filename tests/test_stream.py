@@ -168,3 +168,107 @@ def test_bad_data_on_device_is_misuse(folder, tmp_path):
     res = invoke("train-vqvae", "--data", folder, "--out", tmp_path / "r", "--data-on-device", "sometimes")
     assert res.exit_code == 2 and "--data-on-device" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+# -- building the cache ----------------------------------------------------------------------------------------
+@pytest.fixture
+def chunked(monkeypatch):
+    from vqgen import data
+
+    monkeypatch.setattr(data, "CHUNK_IMAGES", 5)  # 25 files: five chunks, the last of them short
+    return data
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    f = make_images(tmp_path / "messy", per_class=12)
+    (f / "dogs" / "005.png").write_bytes(b"not an image")  # skipped in the middle of a chunk
+    (f / "cats" / "zz.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # the one file of the last chunk
+    return f
+
+
+def _cache_bytes(cache: Path) -> bytes:
+    (entry,) = cache.glob("*.safetensors")
+    assert not list(cache.glob("*.build"))  # the chunks are gone once the cache file is whole
+    return entry.read_bytes()
+
+
+def test_a_cache_built_by_two_workers_equals_one_built_by_one(chunked, messy_folder, tmp_path):
+    from vqgen.run import fingerprint
+
+    one = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c1", workers=1)
+    two = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c2", workers=2)
+    assert _cache_bytes(tmp_path / "c1") == _cache_bytes(tmp_path / "c2")
+    plain = chunked.load_images(str(messy_folder), 16, use_cache=False, workers=2)  # decoded in memory
+    for s in (one, two):
+        assert len(s) == 23 and s.paths == plain.paths and "dogs/005.png" not in s.paths
+        assert torch.equal(s.images, plain.images) and torch.equal(s.labels, plain.labels)
+        assert s.sha256 == fingerprint(plain.images, plain.labels)
+    again = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c1", workers=2)  # read, not built
+    assert torch.equal(again.images, one.images) and again.paths == one.paths
+    tensors, meta = tensors_and_meta(next((tmp_path / "c1").glob("*.safetensors")))  # a plain safetensors file
+    assert torch.equal(tensors["images"], plain.images) and json.loads(meta["skipped"])[0][0] == "cats/zz.png"
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(chunked, messy_folder, tmp_path, monkeypatch):
+    ref = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "ref", workers=1)
+    real, decoded = chunked._decode, []
+
+    def stop_in_the_third_chunk(path, size):
+        if len(decoded) == 12:
+            raise KeyboardInterrupt
+        decoded.append(path)
+        return real(path, size)
+
+    monkeypatch.setattr(chunked, "_decode", stop_in_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c", workers=1)
+    (build,) = (tmp_path / "c").glob("*.build")
+    assert len(list(build.glob("chunk-*.safetensors"))) == 2 and not list((tmp_path / "c").glob("*.safetensors"))
+
+    decoded.clear()
+    monkeypatch.setattr(chunked, "_decode", lambda path, size: (decoded.append(path), real(path, size))[1])
+    s = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c", workers=1)
+    assert len(decoded) == 25 - 10  # the two whole chunks are kept
+    assert _cache_bytes(tmp_path / "c") == _cache_bytes(tmp_path / "ref")
+    assert torch.equal(s.images, ref.images)
+
+
+def test_chunks_of_a_changed_folder_are_not_reused(chunked, messy_folder, tmp_path, monkeypatch):
+    real, decoded = chunked._decode, []
+
+    def stop_in_the_third_chunk(path, size):
+        if len(decoded) == 12:
+            raise KeyboardInterrupt
+        decoded.append(path)
+        return real(path, size)
+
+    monkeypatch.setattr(chunked, "_decode", stop_in_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c", workers=1)
+    monkeypatch.setattr(chunked, "_decode", real)
+    make_images(messy_folder, classes=("cats",), per_class=12, seed=1)  # the cats of the done chunks redrawn
+    s = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c", workers=1)
+    plain = chunked.load_images(str(messy_folder), 16, use_cache=False, workers=1)
+    assert torch.equal(s.images, plain.images)
+
+
+def test_bad_workers_is_refused(image_folder):
+    from vqgen.data import load_images
+    from vqgen.errors import OptionError
+
+    with pytest.raises(OptionError, match="workers"):
+        load_images(str(image_folder), 16, workers=0)
+
+
+def test_train_vqvae_decodes_with_the_workers_given(chunked, messy_folder, tmp_path):
+    res = _train(messy_folder, tmp_path / "run", "auto", "--steps", "2", "--workers", "2", cache=tmp_path / "c")
+    assert "training data" in res.stderr
+    assert _cache_bytes(tmp_path / "c") == _cache_bytes_of(chunked, messy_folder, tmp_path / "c1")
+    bad = invoke("train-vqvae", "--data", messy_folder, "--out", tmp_path / "r2", "--workers", "0")
+    assert bad.exit_code == 2 and "--workers" in bad.output and not (tmp_path / "r2").exists()
+
+
+def _cache_bytes_of(data, folder, cache) -> bytes:
+    data.load_images(str(folder), 16, cache_dir=cache, workers=1)
+    return _cache_bytes(cache)

@@ -145,6 +145,8 @@ SearchOpt = typer.Option(0, "--search", help="Pick each position's code among it
 SearchSweepsOpt = typer.Option(1, "--search-sweeps", help="Passes of --search over the grid's positions (2: ~0.1 dB more).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: auto, the faster of torch's default "
                           "and the usable cores, measured with --amp's choice; OMP_NUM_THREADS is respected).")
+WorkersOpt = typer.Option(None, "--workers", help="Processes decoding a folder of images into the cache "
+                          "(default: the usable cores); an interrupted decoding resumes where it stopped.")
 DataOnDeviceOpt = typer.Option("auto", "--data-on-device", help="auto | yes | no: hold the training split on the "
                                "device, or stream batches to it from the memory-mapped cache (auto: on the device "
                                "when it takes at most half of the device's measured free memory; printed and recorded).")
@@ -193,6 +195,7 @@ def train_vqvae(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Force the channels_last memory format on or off (default: auto, measured with --amp's choice)."),
     threads: Optional[int] = ThreadsOpt,
     data_on_device: str = DataOnDeviceOpt,
+    workers: Optional[int] = WorkersOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -208,7 +211,8 @@ def train_vqvae(
                                  log_every=log_every, amp=amp)
     summary = run(data, out, model, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip, shift=shift,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
-                  channels_last=channels_last, init_from=init_from, threads=threads, data_on_device=data_on_device)
+                  channels_last=channels_last, init_from=init_from, threads=threads, data_on_device=data_on_device,
+                  workers=workers)
     emit(summary, as_json)
 
 
@@ -252,6 +256,7 @@ def encode(
     search_sweeps: int = SearchSweepsOpt,
     amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
+    workers: Optional[int] = WorkersOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -261,7 +266,7 @@ def encode(
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
              data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, shift_copies=shift_copies, seed=seed,
-             search=search, search_sweeps=search_sweeps, amp=amp), as_json)
+             search=search, search_sweeps=search_sweeps, amp=amp, workers=workers), as_json)
 
 
 @app.command("train-prior", epilog="Example: vqgen train-prior --codes codes.safetensors --out runs/prior --steps 20000")

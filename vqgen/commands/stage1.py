@@ -84,6 +84,7 @@ def train_vqvae(
     init_from: str | None = None,
     threads: int | None = None,
     data_on_device: str = "auto",
+    workers: int | None = None,
 ) -> dict:
     """Train (or resume) a VQ-VAE in run_dir, from scratch or grown from the weights `init_from`; returns the
     held-out summary.
@@ -102,6 +103,7 @@ def train_vqvae(
     check_fraction("val_fraction", val_fraction)
     check_at_least("shift", shift, 0)
     check_choice("data_on_device", data_on_device, DATA_ON_DEVICE)
+    check_positive("workers", workers)
     if data is None and not resume:
         raise OptionError("{data} is required (unless {resume=True})", "data")
     run.begin(resume, init_from)
@@ -129,7 +131,7 @@ def train_vqvae(
     torch.manual_seed(train_cfg.seed)
 
     with local_main_first(dist):  # under torchrun one process per machine downloads / caches, then the rest read
-        images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir)
+        images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir, workers=workers)
     if len(images.images) < 2:
         raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
     data_sha = images.sha256 or fingerprint(images.images, images.labels)
@@ -291,7 +293,7 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
 def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
            device: str = "auto", batch_size: int = 500, data_root: str | None = None,
            cache_dir: str | None = None, flip: bool = False, shift: int = 0, shift_copies: int = 1, seed: int = 0,
-           search: int = 0, search_sweeps: int = 1, amp: bool | None = None) -> dict:
+           search: int = 0, search_sweeps: int = 1, amp: bool | None = None, workers: int | None = None) -> dict:
     """Encode a data set (or its seeded train/val split) into an index-grid file.
 
     With `flip`, the grids of the images mirrored left-right follow those of the images (twice the grids, labels
@@ -306,6 +308,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     check_positive("batch_size", batch_size)
     check_search_options(search, search_sweeps)
     check_at_least("shift", shift, 0)
+    check_positive("workers", workers)
     side = 2 * shift + 1
     if shift_copies != 1 and not shift:
         raise OptionError("{shift_copies} counts translated copies; give {shift} N (N > 0) with it", "shift_copies")
@@ -318,7 +321,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     _check_shift(shift, model.config.image_size)
     out = Path(out)
     check_parent(out)
-    images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
+    images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir, workers=workers)
     idx = select_split(len(images), split, val_fraction)
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
