@@ -39,6 +39,39 @@ def test_mapped_tensors_equal_the_file_and_writes_never_reach_it(tmp_path):
     assert torch.equal(load_file(str(path))["a"], want["a"])
 
 
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path`."""
+    total, current = 0, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            current = head[5] if len(head) > 5 else None
+        elif head and head[0] == "Rss:" and current == str(path):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_pages_read_are_released_and_loads_keep_no_mapping_resident(tmp_path):
+    from safetensors.torch import save_file
+
+    from vqgen.stream import release
+
+    path = tmp_path / "big.safetensors"
+    want = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8)
+    save_file({"x": want}, str(path))
+    x = map_tensors(path)["x"]
+    assert _mapped_kb(path) == 0  # mapping reads nothing
+    assert int(x.sum()) == int(want.sum()) and _mapped_kb(path) > 0
+    release(x)
+    assert _mapped_kb(path) == 0 and torch.equal(x, want)  # released pages read back from the page cache
+    rows = torch.arange(511, -1, -3)
+    loaded = Rows(x, rows).load(rows=16)
+    assert torch.equal(loaded, want[rows]) and _mapped_kb(path) == 0
+    release(want)  # not mapped: untouched
+    assert int(want.sum()) == int(x.sum())
+
+
 def test_rows_gather_through_the_row_map():
     base = torch.arange(40, dtype=torch.int16).reshape(10, 2, 2)
     rows = torch.tensor([9, 3, 4, 0])

@@ -89,7 +89,8 @@ def read_codes(path: str | os.PathLike, mapped: bool = False) -> CodeSet:
         raise CodesError(f"{p}: codes have dtype {codes.dtype}, expected {code_dtype(num_codes)} for K={num_codes}")
     if codes.dim() != 3 or tuple(codes.shape[1:]) != (h, w):
         raise CodesError(f"{p}: codes have shape {tuple(codes.shape)}, metadata says (N, {h}, {w})")
-    cs = CodeSet(codes if mapped else codes.long(), num_codes, tensors.get("labels"), class_names, meta["vqvae_sha256"], meta["source"])
+    cs = CodeSet(codes if mapped else codes.long(), num_codes, tensors.get("labels"), class_names,
+                 meta["vqvae_sha256"], meta["source"])
     _validate(cs, p)
     return cs
 

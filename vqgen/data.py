@@ -12,6 +12,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import multiprocessing
@@ -156,7 +157,7 @@ def _describe(e: BaseException) -> str:
 
 
 def _decode_chunk(root: str, rels: list[str], size: int, out: str | None):
-    """Decode files (relative to root), in a worker process: numpy and Pillow only.
+    """Decode files (relative to root): numpy and Pillow only, so that a forked worker touches no torch state.
 
     Returns (images (n, 3, S, S) uint8 or None, kept: indices into rels, skipped: [rel, why], n_upscaled); with
     `out` the images go to that chunk file instead (with the rest as its metadata) and None comes back."""
@@ -179,7 +180,8 @@ def _decode_chunk(root: str, rels: list[str], size: int, out: str | None):
     images = np.ascontiguousarray(arr[: len(kept)].transpose(0, 3, 1, 2))  # (n, 3, S, S)
     if out is None:
         return images, kept, skipped, upscaled
-    meta = {"files": str(len(rels)), "kept": json.dumps(kept), "skipped": json.dumps(skipped), "upscaled": str(upscaled)}
+    meta = {"files": str(len(rels)), "kept": json.dumps(kept), "skipped": json.dumps(skipped),
+            "upscaled": str(upscaled)}
     with atomic_path(out) as tmp:
         save_file({"images": images}, str(tmp), metadata=meta)
     return None, kept, skipped, upscaled
@@ -202,9 +204,12 @@ def _read_chunk(path: Path, files: int, size: int):
     return (None, kept, skipped, upscaled) if ok else None
 
 
-def _ignore_sigint() -> None:
+def _worker_start() -> None:
     # Ctrl+C reaches the whole process group: the parent stops the build, the workers finish their chunk quietly
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):  # and a parent killed outright (kill -9) takes its workers with it
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _decode_folder(root: Path, rels: list[str], size: int, workers: int, build: Path | None):
@@ -214,10 +219,10 @@ def _decode_folder(root: Path, rels: list[str], size: int, workers: int, build: 
     without, the chunks come back in memory. Returns (chunks in order: arrays or files, kept: indices into
     rels, skipped, n_upscaled)."""
     parts = [rels[i : i + CHUNK_IMAGES] for i in range(0, len(rels), CHUNK_IMAGES)]
-    files = [build / f"chunk-{k:06d}.safetensors" if build is not None else None for k in range(len(parts))]
+    files = [str(build / f"chunk-{k:06d}.safetensors") if build is not None else None for k in range(len(parts))]
     done = {}
     for k, f in enumerate(files):
-        if f is not None and (old := _read_chunk(f, len(parts[k]), size)) is not None:
+        if f is not None and (old := _read_chunk(Path(f), len(parts[k]), size)) is not None:
             done[k] = old
     todo = [k for k in range(len(parts)) if k not in done]
     if done and todo:
@@ -226,10 +231,10 @@ def _decode_folder(root: Path, rels: list[str], size: int, workers: int, build: 
         task = bar.add_task(f"decoding {root}", total=len(rels), completed=sum(len(parts[k]) for k in done))
         if workers > 1 and len(todo) > 1:
             # fork where there is one: a worker starts in milliseconds and needs no import
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_ignore_sigint) as pool:
-                futures = {pool.submit(_decode_chunk, str(root), parts[k], size, files[k] and str(files[k])): k
-                           for k in todo}
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_start) as pool:
+                futures = {pool.submit(_decode_chunk, str(root), parts[k], size, files[k]): k for k in todo}
                 try:
                     for fut in as_completed(futures):
                         k = futures[fut]
@@ -240,12 +245,12 @@ def _decode_folder(root: Path, rels: list[str], size: int, workers: int, build: 
                     raise
         else:
             for k in todo:
-                done[k] = _decode_chunk(str(root), parts[k], size, files[k] and str(files[k]))
+                done[k] = _decode_chunk(str(root), parts[k], size, files[k])
                 bar.advance(task, len(parts[k]))
     chunks, kept, skipped, upscaled = [], [], [], 0
     for k in range(len(parts)):
         images, ck, cs, cu = done[k]
-        chunks.append(images if build is None else files[k])
+        chunks.append(images if build is None else Path(files[k]))
         kept += [k * CHUNK_IMAGES + i for i in ck]
         skipped += cs
         upscaled += cu
@@ -507,6 +512,7 @@ def _assemble(path: Path, chunks: list[Path], n: int, size: int, labels: list[in
 
 
 def _memory_set(chunks: list, kept: list[int], rels: list[str], labels, class_names: list[str], spec: str) -> ImageSet:
+    """The set in memory, from chunks decoded in memory or chunk files."""
     images = [c if isinstance(c, np.ndarray) else map_tensors(c)["images"].numpy() for c in chunks]
     return ImageSet(
         images=torch.from_numpy(np.concatenate(images)),
@@ -562,7 +568,8 @@ def _load_folder(folder: Path, spec: str, image_size: int, cache_dir: Path | Non
         meta = {"key": key, "source": spec, "image_size": image_size, "class_names": list(class_names),
                 "paths": [rels[i] for i in kept], "skipped": skipped, "upscaled": upscaled}
         try:
-            _assemble(cache_file, chunks, len(kept), image_size, [labels[i] for i in kept] if labels is not None else None, meta)
+            kept_labels = [labels[i] for i in kept] if labels is not None else None
+            _assemble(cache_file, chunks, len(kept), image_size, kept_labels, meta)
         except (OSError, CheckpointError) as e:
             _warn_uncached(e, cache_file.parent)
         else:

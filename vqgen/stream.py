@@ -3,12 +3,16 @@ them in the trainer's seeded order and copied to the device a few steps ahead, a
 and holding the whole training split on the device (--data-on-device).
 
 A mapped tensor costs no memory until its rows are read; the pages read are the OS page cache's, so every
-process on a machine that maps the same file (the ranks of a torchrun job) shares one copy of them.
+process on a machine that maps the same file (the ranks of a torchrun job) shares one copy of them. Pages a
+process has read stay mapped into it, and count as its resident memory, until released: reading one row can
+map a whole large folio (megabytes on recent kernels), so without releasing them an epoch would map the whole
+file. Batch gathering and Rows.load release them as they go; the page cache keeps them for the next read.
 """
 
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -60,8 +64,18 @@ def map_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if end == start:  # mmap refuses an empty range
             out[name] = torch.from_numpy(np.empty(shape, dtype=dtype))
             continue
-        out[name] = torch.from_numpy(np.memmap(path, dtype=dtype, mode="c", offset=8 + n + start, shape=shape))
+        mapped = np.memmap(path, dtype=dtype, mode="c", offset=8 + n + start, shape=shape)
+        out[name] = torch.from_numpy(mapped)
+        out[name]._vqgen_mapping = mapped._mmap  # for release()
     return out
+
+
+def release(t: torch.Tensor) -> None:
+    """Unmap the pages of a tensor from map_tensors that this process has read (they stay in the page cache);
+    nothing for any other tensor. Changes written into the tensor are lost: mapped data is read-only data."""
+    mapping = getattr(t, "_vqgen_mapping", None)
+    if mapping is not None and not mapping.closed and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 class Rows:
@@ -88,6 +102,18 @@ class Rows:
         for i in range(0, len(self), rows):
             yield self[i : i + rows]
 
+    def load(self, rows: int = 256) -> torch.Tensor:
+        """All the rows as one tensor in memory, read `rows` at a time, releasing the mapped pages read as it goes
+        (so a mapped base costs no more than the copy)."""
+        out = torch.empty(self.shape, dtype=self.dtype)
+        for i in range(0, len(self), rows):
+            out[i : i + rows] = self[i : i + rows]
+            self.release()
+        return out
+
+    def release(self) -> None:
+        release(self.base)
+
 
 class StreamBatches(TensorBatches):
     """TensorBatches whose tensors stay in host memory (mapped files, Rows): each batch is gathered by a
@@ -104,6 +130,9 @@ class StreamBatches(TensorBatches):
 
     def _gather(self, idx: torch.Tensor):
         batch = tuple(t[idx] for t in self.tensors)
+        for t in self.tensors:
+            if isinstance(t, Rows):
+                t.release()  # a page-table walk: microseconds beside the step
         if self._stream is None:
             return batch, None
         with torch.cuda.stream(self._stream):

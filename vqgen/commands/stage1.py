@@ -140,7 +140,7 @@ def train_vqvae(
     if epochs is not None:
         train_cfg.train_for_epochs(epochs, len(tr))
     placement = place_data(data_on_device, len(tr) * images.images[0].numel(), dev)
-    val_images = images.images[va]
+    val_images = Rows(images.images, va).load()
     fixed = val_images[:32]
 
     model = VQVAE(model_cfg)
@@ -172,7 +172,8 @@ def train_vqvae(
         model = model.to(memory_format=torch.channels_last)
     objective = VQVAEObjective(model, flip=flip, shift=shift)
     if placement.on_device:
-        batches = TensorBatches((images.images[tr].to(dev),), train_cfg.batch_size, train_cfg.seed, dist)
+        batches = TensorBatches((Rows(images.images, tr).load().to(dev),), train_cfg.batch_size, train_cfg.seed,
+                                dist)
     else:
         batches = StreamBatches((Rows(images.images, tr),), train_cfg.batch_size, train_cfg.seed, dev, dist)
 

@@ -223,14 +223,14 @@ def train_prior(
     speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, threads=threads, memory_format_matters=False,
                          dist=dist)
     train_cfg.amp = speed.amp
-    # what the training split takes on the device: int64 codes and labels
-    placement = place_data(data_on_device, len(tr_codes) * (cs.height * cs.width + (tr_labels is not None)) * 8, dev)
+    on_device_bytes = len(tr_codes) * (cs.height * cs.width + (tr_labels is not None)) * 8  # int64 codes and labels
+    placement = place_data(data_on_device, on_device_bytes, dev)
     log.note(f"computing in {speed.describe()}; {placement.describe()}")
     if cls.likelihood != "exact":  # say what the figure is whenever it is not the bits per code the others report
         log.note(f"held-out figure: {HELD_OUT_FIGURE[cls.likelihood]}, {FIGURE_MEANING[cls.likelihood]}; the best "
                  "weights are kept by it")
     if placement.on_device:
-        batches = TensorBatches(tuple(t[:].to(dev) for t in (tr_codes, tr_labels) if t is not None),
+        batches = TensorBatches(tuple(t.load().to(dev) for t in (tr_codes, tr_labels) if t is not None),
                                 train_cfg.batch_size, train_cfg.seed, dist)
     else:
         batches = StreamBatches((tr_codes, tr_labels), train_cfg.batch_size, train_cfg.seed, dev, dist)
