@@ -63,12 +63,14 @@ def measure_cli(steps: int, batch: int, device: str) -> tuple[float, dict]:
             Image.fromarray(px).save(data / f"{i}.png")
         env = {**os.environ, "VQGEN_CACHE": str(Path(tmp) / "cache"), "VQGEN_QUIET": "1"}
         cmd = [sys.executable, "-m", "vqgen", "train-vqvae", "--data", str(data.parent), "--out", str(Path(tmp) / "run"),
-               "--steps", str(steps), "--batch-size", str(batch), "--eval-every", "0", "--log-every", str(steps),
+               "--steps", str(steps), "--batch-size", str(batch), "--eval-every", "0", "--log-every", str(steps // 2),
                "--device", device, "--val-fraction", "0.01", "--json"]
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         recs = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     speed = recs[0]["speed"]
-    rate = next(r["images_per_s"] for r in recs if r.get("step") == steps and "loss" in r)
+    # the second half of the run only: the first holds the warm-up steps, which the model-step rows leave out too
+    (s1, e1), (s2, e2) = [(r["step"], r["elapsed_s"]) for r in recs if "loss" in r][-2:]
+    rate = (s2 - s1) * batch / (e2 - e1)
     return rate, speed
 
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from vqgen.errors import check_at_least, check_fraction, check_positive
+from vqgen.errors import OptionError, check_at_least, check_fraction, check_positive
+
+# guided logits uncond + (1 + W)(cond - uncond) overflow to inf - inf = NaN for a huge W; useful weights are a
+# few units
+MAX_GUIDANCE = 1000.0
+_TINY = torch.finfo(torch.float32).tiny  # the smallest temperature that is not 0 in float32
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -17,6 +22,9 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
     """Raise OptionError for a filter setting that has no meaning."""
     check_positive("temperature", temperature, integer=False)
     check_at_least("guidance", guidance, 0, integer=False)
+    if guidance is not None and guidance > MAX_GUIDANCE:
+        raise OptionError(f"{{guidance}} must be between 0 and {MAX_GUIDANCE:g}, got {guidance!r}", "guidance",
+                          guidance, f"0 to {MAX_GUIDANCE:g}")
     check_positive("top_k", top_k)
     check_fraction("top_p", top_p, high_open=False)
 
@@ -32,7 +40,8 @@ def filter_logits(
     logits = logits.float()
     if temperature < 1:  # shifted so the largest is 0: a tiny temperature gives -inf, never inf - inf = NaN
         logits = logits - logits.amax(-1, keepdim=True)
-    logits = logits / temperature
+    # and never 0 / 0: a temperature below float32's smallest normal number (1.2e-38) acts as that number
+    logits = logits / max(temperature, _TINY)
     k = logits.shape[-1]
     if top_k is not None and top_k < k:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]

@@ -135,3 +135,36 @@ def checkpoint_step(run: Path) -> int | None:
         return int(read_header(run / "checkpoint.safetensors")[1]["step"])
     except Exception:
         return None
+
+
+@pytest.fixture(scope="session")
+def trained_prior(codes, tmp_path_factory):
+    """A 2-step class-conditional prior on `codes` (classes cats, dogs), shared like trained_vqvae."""
+    from vqgen.cli import app
+
+    run = tmp_path_factory.mktemp("prior") / "run"
+    res = CliRunner().invoke(app, ["train-prior", "--codes", str(codes), "--out", str(run), "--steps", "2",
+                                   "--batch-size", "8", "--no-amp", "--threads", "1", *TINY_PRIOR])
+    assert res.exit_code == 0, res.output
+    return run / "prior.safetensors"
+
+
+def one_error_line(res, code: int = 1) -> str:
+    """The one error line of a command refused with `code` (no traceback, nothing else but warnings and notes
+    before it); returns it. Exit 2 (misuse) gets a usage message instead: its text, flattened."""
+    out = res.output
+    assert res.exit_code == code, f"exit {res.exit_code}: {out}\n{res.exception!r}"
+    assert isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in out
+    if code == 2:
+        assert "Usage: vqgen" in out
+        return " ".join(out.replace("│", " ").split())
+    errors = [x for x in out.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1 and len(errors[0]) < 400, out
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below `folder` with its bytes (to show that a refused command changed nothing)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and "_cache" not in p.parts}

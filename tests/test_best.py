@@ -29,7 +29,8 @@ def _trainer(run, steps, figures, saved):
     figures = iter(figures)
     return Trainer(toy, TensorBatches((torch.randn(16, 3),), 4, 0), cfg, RunFolder(run, "toy"), torch.device("cpu"),
                    evaluate=lambda: {"val_loss": next(figures)}, describe_metrics=lambda m: {"mse": m["mse"].item()},
-                   keep_best=KeepBest("val_loss", False, lambda: saved.append(toy.w.detach().clone())))
+                   keep_best=KeepBest("val_loss", False, lambda: (saved.append(toy.w.detach().clone()),
+                                                                  (run / BEST_FILE).write_bytes(b"the weights"))))
 
 
 def test_best_weights_are_saved_only_when_the_figure_improves(tmp_path):

@@ -139,3 +139,12 @@ def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_
     res = cli("train-prior", "--codes", codes, "--init-from", plain_path, "--out", tmp_path / "bad", "--steps", "1",
               "-o", "channels=8", ok=False)
     assert res.exit_code == 1 and "channels" in res.output and not (tmp_path / "bad").exists()
+
+
+def test_help_states_the_default_guidance(cli):
+    """--help names the default weight (written out there: the CLI module does not import the sampling code)."""
+    from vqgen.sampling import DEFAULT_GUIDANCE
+
+    for cmd in ("sample", "inpaint"):
+        text = " ".join(cli(cmd, "--help").stdout.replace("│", " ").split())  # rich wraps help inside a box
+        assert f"default: {DEFAULT_GUIDANCE:g} " in text, cmd

@@ -117,9 +117,9 @@ def test_refusals(cli, pair, tmp_path):
     before = first.read_bytes()
     base = ["inpaint", "--prior", pair["maskgit"], "--vqvae", pair["vqvae"]]
     res = cli(*base, first, "--region", "bottom", "--out", first, ok=False)  # the output would be an input
-    assert res.exit_code == 1 and "would overwrite the input" in res.output and first.read_bytes() == before
+    assert res.exit_code == 1 and "would overwrite the INPUTS file" in res.output and first.read_bytes() == before
     res = cli(*base, pair["data"], "--region", "bottom", "--out", first, ok=False)  # an image inside an input folder
-    assert res.exit_code == 1 and "would overwrite the input" in res.output and first.read_bytes() == before
+    assert res.exit_code == 1 and "is inside the INPUTS folder" in res.output and first.read_bytes() == before
     res = cli(*base, first, "--region", "middle", "--out", tmp_path / "o.png", ok=False)
     assert res.exit_code == 2 and "--region" in res.output
     res = cli(*base, first, "--region", "bottom", "--out", tmp_path / "o.jpg", ok=False)

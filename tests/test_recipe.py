@@ -25,18 +25,26 @@ RECIPE = REPO / "scripts" / "train-default.sh"
 
 
 def _run_recipe(tree: Path, data: Path, runs: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "PRIOR_LEGS": "2 3",
-           "VQ_ARGS": shlex.join(TINY_VQVAE_ARGS), "PRIOR_ARGS": shlex.join(TINY_PRIOR),
+    env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "GROWN_LEGS": "2",
+           "PRIOR_LEGS": "2 3", "FINETUNE_LEGS": "2", "VQ_ARGS": shlex.join(TINY_VQVAE_ARGS),
+           "GROWN_ARGS": "--hidden 24 --res-blocks 2 --res-channels 8", "PRIOR_ARGS": shlex.join(TINY_PRIOR),
            "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(["bash", str(tree / "scripts" / "train-default.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
 
 
-def test_recipe_defaults_are_the_default_network_with_4096_codes():
-    """Without VQ_ARGS the recipe trains the CLI's default network with a 4,096-code codebook."""
-    default = re.search(r'^VQ_ARGS=\$\{VQ_ARGS:-"([^"]*)"\}', RECIPE.read_text(), re.M)
-    assert default and shlex.split(default.group(1)) == ["--codebook-size", "4096"]
-    assert (VQVAEConfig().hidden, VQVAEConfig().res_blocks) == (128, 2)
+def _default(name: str) -> list[str]:
+    found = re.search(rf'^{name}=\$\{{{name}:-"([^"]*)"\}}', RECIPE.read_text(), re.M)
+    assert found, name
+    return shlex.split(found.group(1))
+
+
+def test_recipe_defaults_are_the_default_network_grown_with_512_codes():
+    """Without VQ_ARGS the recipe trains the CLI's default network (K=512), then grows it as the shipped one was."""
+    assert _default("VQ_ARGS") == []
+    assert VQVAEConfig().num_codes == 512 and (VQVAEConfig().hidden, VQVAEConfig().res_blocks) == (128, 2)
+    assert _default("GROWN_ARGS") == ["--hidden", "192", "--res-blocks", "4", "--res-channels", "64"]
+    assert _default("FINETUNE_LEGS") == ["3000"]
 
 
 @pytest.mark.slow
@@ -52,8 +60,11 @@ def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     vq, prior = tree / "vqgen" / "weights" / "vqvae.safetensors", tree / "vqgen" / "weights" / "prior.safetensors"
     cfg = read_vqvae_config(vq)
-    assert (cfg.hidden, cfg.res_blocks, cfg.num_codes) == (16, 1, 16)  # the network VQ_ARGS asked for
-    assert read_header(prior)[1]["vqvae_sha256"] == file_sha256(vq)  # the prior learned the shipped VQ-VAE's codes
+    assert (cfg.hidden, cfg.res_blocks, cfg.num_codes) == (24, 2, 16)  # VQ_ARGS' network, grown as GROWN_ARGS says
+    meta = read_header(prior)[1]
+    assert meta["vqvae_sha256"] == file_sha256(vq)  # the prior learned the shipped VQ-VAE's codes
+    assert json.loads(meta["config"])["label_dropout"] == 0.1  # the fine-tuned prior, with its null class
+    assert json.loads(read_header(runs / "prior" / "prior.safetensors")[1]["config"])["label_dropout"] == 0
     figures = json.loads((runs / "evaluate-val.json").read_text())
     assert figures["vqvae"].endswith("vqgen/weights/vqvae.safetensors") and figures["codes_used"] >= 1
     events = [json.loads(x).get("event") for x in (runs / "vq" / "metrics.jsonl").read_text().splitlines()]
@@ -64,5 +75,5 @@ def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
     res = _run_recipe(tree, data, runs)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (vq.read_bytes(), prior.read_bytes()) == before
-    for stage in ("vq", "prior"):
+    for stage in ("vq", "vq-grown", "prior", "prior-cfg"):
         assert f"resuming {runs / stage} at step" in res.stderr

@@ -49,7 +49,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
     ("train-vqvae", ["--data", "OTHER"], "is not the data the run in"),
     ("train-prior", ["--prior", "transformer"],
      "--prior transformer does not match the run being resumed, which has --prior pixelcnn"),
-    ("train-prior", ["-o", "layers=5"], "-o layers 5 does not match the run being resumed, which has -o layers 3"),
+    ("train-prior", ["-o", "layers=5"], "-o layers=5 does not match the run being resumed, which has -o layers=3"),
     ("train-prior", ["--unconditional"],
      "--unconditional does not match the run being resumed, which has --class-conditional"),
     ("train-prior", ["--val-fraction", "0.5"], "--val-fraction 0.5 does not match"),

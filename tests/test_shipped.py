@@ -64,9 +64,12 @@ def test_shipped_vqvae_reconstructs_smooth_images(cli, tmp_path):
     assert Image.open(tmp_path / "recon.png").size[1] > 2 * 32  # originals above reconstructions
 
 
-def test_evaluate_defaults_to_shipped_pair(cli, image_folder, tmp_path):
+def test_evaluate_defaults_to_shipped_pair(cli, tmp_path):
+    from tests.conftest import make_images
+
     out = tmp_path / "figures.json"
-    cli("evaluate", "--data", image_folder, "--json", out)
+    res = cli("evaluate", "--data", make_images(tmp_path / "images", classes=("cat", "dog")), "--json", out)
+    assert "matched them by name" in res.output  # two of the prior's ten classes: cat is its 3, dog its 5
     figures = json.loads(out.read_text())
     assert figures["num_codes"] == load_vqvae(shipped("vqvae"))[0].config.num_codes
     assert figures["bits_per_code"] > 0 and figures["bits_per_dim"] > 0

@@ -61,7 +61,7 @@ def test_files_name_the_codebook_size_num_codes_and_older_files_still_load(tmp_p
     save_vqvae(VQVAE(VQVAEConfig(image_size=16, **TINY)), tmp_path / "new.safetensors")
     assert json.loads(read_header(tmp_path / "new.safetensors")[1]["config"])["num_codes"] == 16
     old = {k if k != "num_codes" else "codebook_size": v for k, v in VQVAEConfig(**TINY).to_dict().items()}
-    assert VQVAEConfig.from_dict(old) == VQVAEConfig(**TINY)
+    assert VQVAEConfig(**VQVAEConfig.upgrade(old)) == VQVAEConfig(**TINY)
 
 
 def test_batches_are_seeded_resumable_slices():

@@ -8,16 +8,20 @@ truncated file gets a clear message instead of a parser error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import re
+import stat
 import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from vqgen._version import __version__
-from vqgen.errors import CheckpointError
+from vqgen.errors import CheckpointError, OptionError, OutputError
+from vqgen.paths import check_parent, user_path
 
 FORMAT_VERSION = "1"
 # format names: one per kind of file, so a prior handed in as --vqvae is refused by name
@@ -32,20 +36,6 @@ _KIND_WORDS = {
     KIND_STATE: "a training-state file",
 }
 _MAX_HEADER = 100 * 1024 * 1024
-
-
-def check_parent(path: str | os.PathLike) -> None:
-    """Refuse an output path whose folder is missing or is a file, saying which (call it before any work)."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.is_dir():
-        return
-    p = parent
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if p.exists() and not p.is_dir():
-        raise CheckpointError(f"cannot write {path}: {p} is a file, not a folder")
-    raise CheckpointError(f"cannot write {path}: folder {parent} does not exist; create it first")
 
 
 def first_problem(e: BaseException) -> str:
@@ -65,14 +55,16 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. Whatever fails on
+    the way (a full disk while the block writes, the sync, the rename) is one OutputError, and `path` keeps
+    its previous contents."""
+    path = user_path(path)
     parent = path.parent if str(path.parent) else Path(".")
     check_parent(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror}; choose a writable folder") from None
+        raise OutputError(f"cannot write {path}: {e.strerror}; choose a writable folder") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -83,6 +75,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, I/O error, a folder in the way
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -90,7 +85,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(user_path(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -109,23 +104,32 @@ def save_tensors(path: str | os.PathLike, tensors: dict, kind: str, meta: dict[s
     from safetensors.torch import save_file
 
     md = file_metadata(kind, meta)
+    from safetensors import SafetensorError
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=md)
-        except OSError as e:  # disk full, quota, I/O error: the previous file at `path` stays as it was
-            raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+        except SafetensorError as e:  # its own type for a full disk: "... I/O error: No space left on device (os error 28)"
+            found = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", str(e))
+            raise OutputError(f"cannot write {user_path(path)}: {found[1] if found else e}") from None
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """Return (tensor header, metadata) after checking the file really is a safetensors file."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass a .safetensors file")
+    path = user_path(path)
     try:
-        size = path.stat().st_size
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path} is a folder; pass a .safetensors file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open below, a device never end
+        raise CheckpointError(f"{path} is not a regular file (a FIFO, device or socket); pass a .safetensors file")
+    size = st.st_size
+    try:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -165,17 +169,27 @@ def load_tensors(path: str | os.PathLike, kind: str, device: str = "cpu") -> tup
     """Load a vqgen safetensors file of the given kind; refuse any other kind by name."""
     from safetensors.torch import load_file
 
+    path = user_path(path)
     meta = read_meta(path, kind)
     try:
         tensors = load_file(str(path), device=device)
     except Exception as e:  # safetensors' own errors are one-liners worth passing on
         raise CheckpointError(f"{path} could not be read: {e}") from None
+    for name, t in tensors.items():  # NaN weights would give NaN figures, blank images or a sampling crash
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values; the file cannot be used "
+                                  "(re-create it, or use earlier weights)")
     return tensors, meta
 
 
 def read_meta(path: str | os.PathLike, kind: str) -> dict[str, str]:
     """The metadata of a vqgen safetensors file of the given kind, without reading its tensors."""
-    _, meta = read_header(path)
+    return read_kind_header(path, kind)[1]
+
+
+def read_kind_header(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, str]]:
+    """(tensor header, metadata) of a vqgen safetensors file of the given kind; any other kind refused by name."""
+    header, meta = read_header(path)
     found = meta.get("format")
     if found != kind:
         what = _KIND_WORDS.get(found, "not a vqgen file" if found is None else f"format {found!r}")
@@ -184,7 +198,7 @@ def read_meta(path: str | os.PathLike, kind: str) -> dict[str, str]:
         raise CheckpointError(
             f"{path} has format_version {meta.get('format_version')!r}; this vqgen reads version {FORMAT_VERSION}"
         )
-    return meta
+    return header, meta
 
 
 def meta_json(meta: dict[str, str], key: str, path: str | os.PathLike = "file") -> Any:
@@ -195,3 +209,31 @@ def meta_json(meta: dict[str, str], key: str, path: str | os.PathLike = "file") 
         return json.loads(meta[key])
     except json.JSONDecodeError:
         raise CheckpointError(f"{path} has a malformed {key!r} metadata field") from None
+
+
+def config_from_meta(cls, meta: dict[str, str], key: str, path: str | os.PathLike, upgrade=None):
+    """The dataclass `cls` stored as JSON in metadata field `key` of the file `path`: refused in one line naming
+    the file and the field when it is malformed, has a field this vqgen does not know (a newer vqgen wrote it),
+    lacks one, or holds a value its validate() refuses. `upgrade` maps an older layout of the dict to this one."""
+    d = meta_json(meta, key, path)
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: metadata field {key!r} is not a JSON object")
+    d = upgrade(dict(d)) if upgrade else d
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise CheckpointError(f"{path}: metadata field {key!r} has {unknown[0]!r}, which this vqgen ({__version__}) "
+                              "does not know; it was written by a newer vqgen (upgrade) or another program")
+    try:
+        obj = cls(**d)
+    except TypeError:
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in d
+                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        lacks = repr(missing[0]) if missing else "a field"
+        raise CheckpointError(f"{path}: metadata field {key!r} lacks {lacks}") from None
+    try:
+        getattr(obj, "validate", lambda: None)()
+    except OptionError as e:
+        raise CheckpointError(f"{path}: metadata field {key!r} has {e.option}={e.value!r}, which must be "
+                              f"{e.valid}; the file is corrupt or from another program") from None
+    return obj

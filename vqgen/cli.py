@@ -8,7 +8,8 @@ torch and the library load inside each command.
 from __future__ import annotations
 
 import functools
-import json
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,22 +43,22 @@ def _main(
 # how the library's parameter names are spelled on this command line (the rest: --name-with-dashes); the one
 # place that knows it, used for every error message (vqgen.errors: `{name}` / `{name=value}` in a message)
 FLAGS = {"class_name": "--class", "run_dir": "--out", "codes_path": "--codes", "prior_name": "--prior",
-         "prior_options": "-o", "num_codes": "--codebook-size"}
+         "prior_options": "-o", "num_codes": "--codebook-size", "json_out": "--json", "inputs": "INPUTS"}
 FLAG_PAIRS = {"class_conditional": ("--class-conditional", "--unconditional"), "resume": ("--resume", "--resume")}
 
 
 def spell(name: str, value: str | None = None) -> str:
     """An option (and the value given to it) as typed here: batch_size -> --batch-size, flip=False -> --no-flip,
-    prior_options.layers=5 -> -o layers 5."""
+    prior_options.layers=5 -> -o layers=5."""
     group, _, key = name.rpartition(".")
     if group:
         flag = f"{FLAGS.get(group, '--' + group.replace('_', '-'))} {key}"
-    elif value in ("True", "False"):
+        return flag if value is None else f"{flag}={value}"
+    if value in ("True", "False"):
         dashed = name.replace("_", "-")
         on, off = FLAG_PAIRS.get(name, (f"--{dashed}", f"--no-{dashed}"))
         return on if value == "True" else off
-    else:
-        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
     return flag if value is None else f"{flag} {value}"
 
 
@@ -65,7 +66,9 @@ class Misuse(typer.BadParameter):
     """A usage error (exit 2, with the command's usage line) whose text is the library's message as it stands."""
 
     def format_message(self) -> str:
-        return self.message
+        from vqgen.log import printable
+
+        return printable(self.message)
 
 
 def friendly(fn):
@@ -108,17 +111,35 @@ def _rank() -> int:
     return int(os.environ.get("RANK") or 0)
 
 
+def result(text: str) -> None:
+    """Write a command's result on stdout, the one place that does: a stdout that cannot take it (a full disk,
+    /dev/full, a closed pipe) is one error line and exit 1, and nothing of it is retried when Python exits."""
+    from vqgen.errors import OutputError
+
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as e:
+        try:  # what could not be flushed would fail again, with a traceback, when the interpreter exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        raise OutputError(f"cannot write the result to standard output: {e.strerror or e}") from None
+
+
 def emit(summary: dict, as_json: bool) -> None:
-    """A command's result on stdout: JSON with --json, else aligned `key: value` lines. Under torchrun only
-    rank 0 prints it: stdout stays one result, whatever the number of processes."""
+    """A command's result on stdout: JSON with --json (non-finite numbers as null), else aligned `key: value`
+    lines. Under torchrun only rank 0 prints it: stdout stays one result, whatever the number of processes."""
+    from vqgen.log import finite_json, printable
+
     if _rank():
         return
     if as_json:
-        typer.echo(json.dumps(summary))
+        result(finite_json(summary) + "\n")
         return
     width = max(len(k) for k in summary) if summary else 0
-    for k, v in summary.items():
-        typer.echo(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    result("".join((f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {printable(v)}") + "\n"
+                   for k, v in summary.items()))
 
 
 # -- shared options -----------------------------------------------------------------------------------------
@@ -151,6 +172,9 @@ DataOnDeviceOpt = typer.Option("auto", "--data-on-device", help="auto | yes | no
                                "device, or stream batches to it from the memory-mapped cache (auto: on the device "
                                "when it takes at most half of the device's measured free memory; printed and recorded).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Start afresh in an --out that holds an earlier run, deleting "
+                            "its weights, best weights, checkpoint, metrics and reconstructions (without it, such "
+                            "an --out is refused).")
 SamplingOptionsOpt = typer.Option([], "--opt", "-o", help="A sampling option of the prior, key=value (repeatable): "
                                   "maskgit's steps and choice_temperature, e.g. -o steps=12.")
 
@@ -176,6 +200,7 @@ def train_vqvae(
     log_every: Optional[int] = LogEveryOpt,
     amp: Optional[bool] = AmpOpt,
     resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these VQ-VAE weights, grown to any larger --hidden / --res-blocks / --res-channels given (it starts at their PSNR); model options not given are theirs."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Image side; a multiple of 4, grid = side/4 (default 32)."),
     hidden: Optional[int] = typer.Option(None, "--hidden", help="Trunk channels (default 128)."),
@@ -211,8 +236,8 @@ def train_vqvae(
                                  log_every=log_every, amp=amp)
     summary = run(data, out, model, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip, shift=shift,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
-                  channels_last=channels_last, init_from=init_from, threads=threads, data_on_device=data_on_device,
-                  workers=workers)
+                  channels_last=channels_last, init_from=init_from, threads=threads, overwrite=overwrite,
+                  data_on_device=data_on_device, workers=workers)
     emit(summary, as_json)
 
 
@@ -288,6 +313,7 @@ def train_prior(
     log_every: Optional[int] = LogEveryOpt,
     amp: Optional[bool] = AmpOpt,
     resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
     class_conditional: Optional[bool] = typer.Option(
         None, "--class-conditional/--unconditional", help="Condition on labels (default: when the codes have labels)."),
     label_dropout: Optional[float] = typer.Option(None, "--label-dropout", help="Chance a training label is replaced by a null class, so the prior also learns p(grid) and `sample --guidance` works (default 0.1 for class-conditional priors, 0 otherwise)."),
@@ -308,8 +334,8 @@ def train_prior(
                                  log_every=log_every, amp=amp)
     emit(run(codes, out, prior, opt, overrides, epochs=epochs, class_conditional=class_conditional,
              val_codes=val_codes, val_fraction=val_fraction, device=device, resume=resume, compile=compile,
-             threads=threads, label_dropout=label_dropout, init_from=init_from, data_on_device=data_on_device),
-         as_json)
+             threads=threads, label_dropout=label_dropout, init_from=init_from, overwrite=overwrite,
+             data_on_device=data_on_device), as_json)
 
 
 @app.command(epilog="Example: vqgen sample --n 64 --out grid.png --class cat --seed 1")
@@ -321,7 +347,7 @@ def sample(
     vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0: logits "
                                              "uncond + (1+W)(cond - uncond); 0 is plain conditional sampling (default: "
-                                             "1.0 for priors with a null class, else 0)."),
+                                             "5 for priors with a null class, else 0)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
@@ -358,7 +384,7 @@ def inpaint(
     class_: Optional[str] = typer.Option(None, "--class", help="Complete as this class (default: each image's class "
                                          "folder when named like the prior's classes, else no class)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0 "
-                                             "towards the class (default: 1.0 with a class and a null class, else 0)."),
+                                             "towards the class (default: 5 with a class and a null class, else 0)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
@@ -385,14 +411,14 @@ def inpaint(
 def list_priors_cmd(as_json: bool = JsonOpt):
     """List the registered priors and where each comes from."""
     from priors import list_priors
+    from vqgen.log import finite_json, printable
 
     found = list_priors()
     if as_json:
-        typer.echo(json.dumps(found))
+        result(finite_json(found) + "\n")
     else:
         width = max(map(len, found)) if found else 0
-        for name, origin in found.items():
-            typer.echo(f"{name:<{width}}  {origin}")
+        result("".join(f"{printable(name):<{width}}  {printable(origin)}\n" for name, origin in found.items()))
 
 
 @app.command(epilog="Example: vqgen evaluate --data cifar10:test --json figures.json")
@@ -421,15 +447,36 @@ def evaluate(
                   device=device, fid=fid, seed=seed, data_root=data_root, cache_dir=cache_dir, search=search,
                   search_sweeps=search_sweeps, amp=amp, json_out=json_out)
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"vqgen evaluate: {data} ({split})")
+    from vqgen.log import printable
+
+    table = Table(title=escape(printable(f"vqgen evaluate: {data} ({split})")))
     table.add_column("figure")
     table.add_column("value", justify="right")
     for k, v in figures.items():
-        table.add_row(k, f"{v:.5g}" if isinstance(v, float) else str(v))
-    Console(highlight=False).print(table)
+        table.add_row(k, f"{v:.5g}" if isinstance(v, float) else escape(printable(v)))
+    console = Console(highlight=False)
+    with console.capture() as shown:
+        console.print(table)
+    result(shown.get())
 
 
 def main() -> None:
+    # a closed stdout or stderr: whatever file is opened next would get its descriptor and receive what is
+    # printed; /dev/null takes the place, and a closed stdout (where the result goes) is refused before any work
+    closed = []
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+            os.open(os.devnull, os.O_WRONLY)  # the lowest free descriptor: this one
+    if 2 in closed:
+        sys.stderr = open(2, "w", closefd=False)
+    if 1 in closed:
+        sys.stderr.write("error: standard output is closed, and vqgen prints its result there; redirect it "
+                         "(> FILE, or > /dev/null)\n")
+        sys.exit(1)
     app()

@@ -10,7 +10,12 @@ from pathlib import Path
 import torch
 
 from vqgen.checkpoint import KIND_CODES, CheckpointError, load_tensors, read_meta, save_tensors
-from vqgen.errors import CodesError
+from vqgen import log
+from vqgen.errors import CodesError, ConfigError
+
+# the largest codebook (K) vqgen builds or reads: a codes file or an option claiming more would make every prior
+# and code histogram allocate for it (2^31 - 1 codes: an 8 GiB histogram before the first step)
+MAX_NUM_CODES = 2**20
 
 
 @dataclass
@@ -82,6 +87,9 @@ def read_codes(path: str | os.PathLike, mapped: bool = False) -> CodeSet:
         assert isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)
     except Exception:
         raise CodesError(f"{p}: metadata num_codes/height/width/class_names are malformed") from None
+    if not 2 <= num_codes <= MAX_NUM_CODES:
+        raise CodesError(f"{p}: metadata num_codes is {num_codes}, outside the 2 to {MAX_NUM_CODES:,} codes vqgen reads; "
+                         "the file is corrupt or from another program")
     if "codes" not in tensors:
         raise CodesError(f"{p}: no 'codes' tensor")
     codes = tensors["codes"]
@@ -114,6 +122,24 @@ def _validate(cs: CodeSet, p: str) -> None:
             raise CodesError(f"{p}: labels must be class indices >= 0, found {int(lab.min())}")
         if cs.class_names and int(lab.max()) >= len(cs.class_names):
             raise CodesError(f"{p}: labels fall outside the {len(cs.class_names)} class names")
+
+
+def relabel(labels: torch.Tensor, names: list[str], onto: list[str], what: str, onto_what: str) -> torch.Tensor:
+    """Labels over the classes `names` (of `what`) as indices into `onto` (the classes of `onto_what`), matched by
+    name: refused when a class in use is missing there, or when `what` names no classes; a different order is
+    remapped with a note."""
+    if not names:
+        raise ConfigError(f"{what} has labels but no class names, so its classes cannot be matched to those of "
+                          f"{onto_what} ({', '.join(onto) or 'none named'}); name its classes")
+    used = sorted(set(labels.tolist()))
+    missing = [names[i] for i in used if names[i] not in onto]
+    if missing:
+        raise ConfigError(f"{what} has class{'es' if len(missing) > 1 else ''} {', '.join(missing)}, which {onto_what} "
+                          f"does not know (its classes: {', '.join(onto) or 'none'}); use data of the same classes")
+    index = torch.tensor([onto.index(n) if n in onto else -1 for n in names], dtype=torch.long)
+    if any(index[i] != i for i in used):
+        log.note(f"{what} lists its classes in another order than {onto_what}; matched them by name")
+    return index[labels]
 
 
 def describe(cs: CodeSet, path: str | Path = "") -> str:

@@ -61,6 +61,10 @@ class OptionError(ConfigError):
         super().__init__(message)
 
 
+class OutputError(VqgenError):
+    """An output that cannot be written: a folder where a file goes, no permission, a full disk, a closed stdout."""
+
+
 class TrainingError(VqgenError):
     """Training cannot go on (non-finite loss, resume from an empty folder, ...)."""
 
@@ -89,7 +93,7 @@ def check_positive(name: str, value, integer: bool = True) -> None:
     ok = _is_int(value) if integer else _is_number(value) and math.isfinite(value)
     if not ok or value <= 0:
         kind = "a positive integer" if integer else "a finite positive number"
-        raise OptionError(f"{{{name}}} must be positive, got {value!r}", name, value, kind)
+        raise OptionError(f"{{{name}}} must be {'positive' if ok else kind}, got {value!r}", name, value, kind)
 
 
 def check_at_least(name: str, value, minimum: float, integer: bool = True) -> None:
@@ -119,3 +123,49 @@ def check_choice(name: str, value, choices: tuple[str, ...]) -> None:
     if value is not None and value not in choices:
         listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
         raise OptionError(f"{{{name}}} must be {listed}, got {value!r}", name, value, listed)
+
+
+SEED_LIMIT = 2**64  # seeds are 64-bit unsigned everywhere (torch generators, the data order)
+
+
+def check_seed(name: str, value) -> None:
+    """A seed as stored in a config: an integer from 0 to 2^64 - 1 (options are reduced to it by seed_value)."""
+    if value is not None and not (_is_int(value) and 0 <= value < SEED_LIMIT):
+        raise OptionError(f"{{{name}}} must be an integer from 0 to {SEED_LIMIT - 1} (2^64 - 1), got {value!r}",
+                          name, value, f"0 to {SEED_LIMIT - 1}")
+
+
+def seed_value(name: str, value):
+    """A seed as used: an integer reduced modulo 2^64 (torch's range), saying so when that changes it, so that
+    `--seed $(date +%s%N)` and negative seeds work and one seed always draws alike."""
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise OptionError(f"{{{name}}} must be an integer, got {value!r}", name, value, "an integer")
+    if 0 <= value < SEED_LIMIT:
+        return value
+    from vqgen import log
+
+    log.note(f"seed {value} is outside 0 to 2^64 - 1: using it modulo 2^64, {value % SEED_LIMIT}")
+    return value % SEED_LIMIT
+
+
+MAX_HELD_BYTES = 4 * 2**30  # what one option may ask a command to hold in memory at once (4 GiB)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def check_held(name: str, count: int, bytes_each: int, what: str) -> None:
+    """A count option (say --n samples) whose results are held in memory together: refuse a count that would
+    need more than MAX_HELD_BYTES, with the largest that fits."""
+    most = max(1, MAX_HELD_BYTES // max(1, bytes_each))
+    if count > most:
+        raise OptionError(f"{{{name}={count}}} would hold {_size(count * bytes_each)} of {what} in memory; at most "
+                          f"{most:,} fit the {_size(MAX_HELD_BYTES)} vqgen allows (run it several times)",
+                          name, count, f"1 to {most}")

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 
 from priors import Prior, get_prior, list_priors
 from priors.sampling_utils import check_sampling_args
-from vqgen.data import load_inputs
-from vqgen.errors import ConfigError, DataError, OptionError, check_positive
+from vqgen.codes import relabel
+from vqgen.data import load_inputs, open_image
+from vqgen.errors import ConfigError, DataError, OptionError, check_held, check_positive, seed_value
 from vqgen.metrics import psnr_from_mse
+from vqgen.paths import user_path
 from vqgen.runtime import autocast, inference_amp, resolve_device
 from vqgen.sampling import DEFAULT_GUIDANCE, open_pair, resolve_class
 
@@ -44,15 +46,15 @@ def region_mask(region: str | Path, height: int, width: int) -> torch.Tensor:
     elif region == "center":
         m[h4:height - h4, w4:width - w4] = True
     else:
-        path = Path(region)
-        if not path.is_file():
+        path = user_path(region)
+        if not path.is_file():  # a FIFO or device too: never opened
             raise OptionError(f"{{region}} must be {', '.join(REGIONS)} or a mask image file, got {str(region)!r}",
                               "region", region, f"{', '.join(REGIONS)} or a mask image")
         import numpy as np
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 grey = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32))  # (H, W)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"cannot read the mask image {path}: {e}") from None
@@ -97,8 +99,11 @@ def _labels(model_p, pmeta, m: int, class_name, image_labels, image_class_names)
         return torch.full((m,), resolve_class(class_name, pmeta["class_names"], nc), dtype=torch.long), True
     if nc == 0:
         return None, False
-    if image_labels is not None and image_class_names == list(pmeta["class_names"]):
-        return image_labels.clone(), True  # a class-folder layout with the prior's classes: each image's own
+    known = list(pmeta["class_names"])
+    if image_labels is not None and image_class_names and \
+            all(image_class_names[i] in known for i in set(image_labels.tolist())):
+        # a class-folder layout named like the prior's classes: each image's own, matched by name
+        return relabel(image_labels, image_class_names, known, "the images", "the prior"), True
     if model_p.has_null_class:
         return torch.full((m,), model_p.null_label, dtype=torch.long), False
     raise ConfigError("this prior is class-conditional and has no null class, so it cannot complete an image "
@@ -135,6 +140,7 @@ def inpaint_images(
     DEFAULT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
+    seed = seed_value("seed", seed)
     check_sampling_args(temperature, top_k, top_p, guidance=guidance)
     dev = resolve_device(device)
     model_p, pmeta, model_v, vsha = open_pair(prior, vqvae, dev, prior_options)
@@ -155,8 +161,9 @@ def inpaint_images(
         pixels, image_labels, image_names = loaded.images, loaded.labels, list(loaded.class_names)
     if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, S, S):
         raise ConfigError(f"images must be (m, 3, {S}, {S}) for this VQ-VAE, got {tuple(pixels.shape)}")
+    m = pixels.shape[0]
+    check_held("n", n, m * (3 * S * S * 4 + g * g * 8), f"completions of {m} {S}x{S} images")
     x = (pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()).clamp(0, 1)
-    m = x.shape[0]
     if labels is not None:
         image_labels, image_names = torch.as_tensor(labels).long().view(m), list(pmeta["class_names"])
     labels, conditioned = _labels(model_p, pmeta, m, class_name, image_labels, image_names)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import sys
 
 from rich.console import Console
@@ -12,16 +15,49 @@ from rich.markup import escape
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# what a file name may hold that a terminal would act on: C0/C1 controls (escape sequences, newlines, carriage
+# returns), line separators, bidirectional overrides (text shown reversed) and the lone surrogates that stand
+# for bytes of a name that is not UTF-8 (a terminal cannot even be sent those)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escaped(c: str) -> str:
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's stand-in for the byte o - 0xdc00
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def printable(text: str) -> str:
+    """text with every character a terminal would interpret (or cannot show) written as a \\x.. / \\u.... escape:
+    every message goes through it, so a file named with an escape sequence prints as its name."""
+    return _UNPRINTABLE.sub(lambda m: _escaped(m[0]), str(text))
+
+
 def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(msg)}", markup=True, highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {escape(printable(msg))}", markup=True, highlight=False)
 
 
 def note(msg: str) -> None:
-    console.print(msg, markup=False, highlight=False)
+    console.print(printable(msg), markup=False, highlight=False)
 
 
 def error(msg: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(msg)}", markup=True, highlight=False)
+    console.print(f"[bold red]error:[/bold red] {escape(printable(msg))}", markup=True, highlight=False)
+
+
+def finite_json(obj, **kwargs) -> str:
+    """JSON that every parser reads: a non-finite float (an infinite PSNR, a NaN figure) becomes null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
 def quiet() -> bool:

@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 
 from priors import get_prior
-from vqgen.checkpoint import KIND_PRIOR, file_sha256, first_problem, load_tensors, meta_json, save_tensors
+from vqgen.build import check_fits
+from vqgen.checkpoint import (KIND_PRIOR, config_from_meta, file_sha256, first_problem, load_tensors, meta_json,
+                              read_kind_header, save_tensors)
 from vqgen.errors import CheckpointError, ConfigError
 from vqgen.runtime import resolve_device
 from vqgen.weights import shipped
@@ -82,18 +84,33 @@ def sampling_overrides(cls, options: dict | list[str] | None) -> dict:
 
 def load_prior(path, device: torch.device | str = "cpu", sampling: dict | list[str] | None = None):
     """Rebuild a prior from its weights file, with `sampling` options (see sampling_overrides) changed; returns
-    (prior in eval mode, metadata dict)."""
-    tensors, m = load_prior_tensors(path)
-    name, cfg = m["prior"], m["config"]
+    (prior in eval mode, metadata dict). Its config is checked against the file's tensor header before the prior
+    is built, so a config claiming a huge prior costs nothing."""
+    header, raw = read_kind_header(path, KIND_PRIOR)
+    name = raw.get("prior")
+    if not name:
+        raise CheckpointError(f"{path} names no prior in its metadata; it was not written by vqgen")
     try:
         cls = get_prior(name)
     except ConfigError as e:
         raise CheckpointError(f"{path} was written by a prior this installation lacks: {e}") from None
-    cfg = {**cfg, **sampling_overrides(cls, sampling)}
+    stored = config_from_meta(cls.config_class, raw, "config", path)
+
+    def build(cfg):
+        try:
+            return cls(cfg)
+        except (ConfigError, TypeError, ValueError) as e:
+            if cfg is not stored:  # the file's own config built (check_fits): the sampling options given are at fault
+                raise
+            raise CheckpointError(f"{path}: its config is not a valid {name} config ({e})") from None
+
+    check_fits(lambda: build(stored), header, path, f"{name} prior")
+    overrides = sampling_overrides(cls, sampling)
+    tensors, m = load_prior_tensors(path)
+    prior = build(dataclasses.replace(stored, **overrides) if overrides else stored)
     try:
-        prior = cls(cls.config_class(**cfg))
         prior.load_state_dict(tensors)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the {name} config ({first_problem(e)})") from None
     meta = {**m, "sha256": file_sha256(path), "path": str(path)}
     return prior.to(device).eval(), meta

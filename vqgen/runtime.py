@@ -287,6 +287,13 @@ class Dist:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun's environment states it (0 without torchrun), before any process group."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return 0
+    return int(os.environ["RANK"])
+
+
 def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group when its environment is present; otherwise a single process, untouched."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:

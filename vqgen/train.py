@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vqgen import log
 from vqgen.checkpoint import KIND_STATE, first_problem, load_tensors, meta_json, save_tensors
-from vqgen.errors import (CheckpointError, ConfigError, Interrupted, OptionError, TrainingError, check_at_least,
-                          check_choice, check_positive)
+from vqgen.errors import (CheckpointError, ConfigError, Interrupted, OptionError, OutputError, TrainingError,
+                          check_at_least, check_choice, check_positive, check_seed, seed_value)
 from vqgen.runtime import Dist, Speed, any_rank, autocast, barrier, inference_amp
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both checkpoint and stop at the next step
@@ -34,9 +34,13 @@ class RunFiles(Protocol):
 
     dir: Path  # the folder
     state: Path  # the training state: everything resume needs
+    weights: Path  # what export() writes: the run's result
     metrics: Path  # metrics.jsonl
     best: Path  # the weights of the held-out evaluation with the best figure so far
     resume_command: str  # what to run to continue (said on Ctrl+C)
+
+    def prepare(self, resume: bool) -> None:
+        """Called once, by the process that writes, before the run's first write."""
 
 
 @dataclass
@@ -80,6 +84,7 @@ class TrainConfig:
             check_at_least(name, getattr(self, name), 0)
         check_positive("lr", self.lr, integer=False)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_seed("seed", self.seed)
 
     def train_for_epochs(self, epochs: float, examples: int) -> None:
         """Set steps to make `epochs` passes over `examples` at this batch size."""
@@ -87,7 +92,10 @@ class TrainConfig:
 
 
 def check_training_options(given: dict, epochs: float | None = None) -> None:
-    """The training options given (TrainConfig fields, None = not given) and `epochs`, each judged alone."""
+    """The training options given (TrainConfig fields, None = not given) and `epochs`, each judged alone; a seed
+    given is reduced modulo 2^64 in `given` (saying so), and the run stores it so."""
+    if given.get("seed") is not None:
+        given["seed"] = seed_value("seed", given["seed"])
     TrainConfig(**{k: v for k, v in given.items() if v is not None}).validate()
     check_positive("epochs", epochs, integer=False)
     if epochs is not None and given.get("steps") is not None:
@@ -125,7 +133,8 @@ class TensorBatches:
 
     def _permutation(self) -> torch.Tensor:
         if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            # modulo 2^64: any 64-bit seed works, and seeds below 2^64 / 1_000_003 keep their data order
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**64)
             self._perm = torch.randperm(self.n, generator=g).to(self.tensors[0].device)
         return self._perm
 
@@ -270,35 +279,45 @@ class Trainer:
             self.objective.load_state_dict(model_sd)
         except RuntimeError as e:
             raise CheckpointError(f"{path} does not fit this model: {first_problem(e)}") from None
-        self.opt.load_state_dict(_unflatten_optimizer(tensors, meta_json(meta, "optimizer", path)))
-        self.step = int(meta["step"])
-        self.batches.load_state_dict(meta_json(meta, "batches", path))
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-        random.setstate(_py_rng_from_json(meta_json(meta, "python_rng", path)))
-        self.best = meta_json(meta, "best", path) if "best" in meta else None  # older runs kept no best
+        field = "optimizer"
+        try:  # the fields are this file's JSON: any that does not hold what it should is named
+            self.opt.load_state_dict(_unflatten_optimizer(tensors, meta_json(meta, "optimizer", path)))
+            field = "step"
+            self.step = int(meta["step"])
+            field = "batches"
+            self.batches.load_state_dict(meta_json(meta, "batches", path))
+            field = "rng.torch"
+            torch.set_rng_state(tensors["rng.torch"])
+            cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+            if cuda_states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+            field = "python_rng"
+            random.setstate(_py_rng_from_json(meta_json(meta, "python_rng", path)))
+            field = "best"
+            self.best = meta_json(meta, "best", path) if "best" in meta else None  # older runs kept no best
+            if self.best is not None:
+                self.best = {"step": int(self.best["step"]), "value": float(self.best["value"])}
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its {field!r} record cannot be used ({first_problem(e)}); the file is "
+                                  "corrupt: resume from a copy, or start a new run") from None
 
     # -- metrics ----------------------------------------------------------------------------------------
     def _write_metrics(self, record: dict) -> None:
         if self.dist.main:
-            with open(self.run.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.run.metrics, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # a full disk: resume cuts the partial record and continues from the checkpoint
+                where = "no checkpoint was written yet" if self._last_saved is None else \
+                    f"the checkpoint of step {self._last_saved} stays: resume with {{resume=True}} once it can be written"
+                raise OutputError(f"cannot write {self.run.metrics}: {e.strerror or e}; {where}") from None
 
     # -- loop -------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         """Train to cfg.steps; returns the final evaluation (or the last metrics when there is none)."""
         cfg = self.cfg
         if self.dist.main:
-            try:
-                self.run.dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise CheckpointError(f"cannot create run folder {self.run.dir}: {e.strerror or e}") from None
-            for stale in self.run.dir.glob(".*.tmp"):  # atomic_path temporaries a kill -9 during a write left
-                stale.unlink(missing_ok=True)
-            if resume:
-                _drop_partial_line(self.run.metrics)
+            self.run.prepare(resume)
         if resume:
             self.load_state()
             self._last_saved = self.step
@@ -391,10 +410,16 @@ class Trainer:
                     self.save_state()
         if result is None:  # a resumed run that had already reached cfg.steps only re-evaluates
             result = self._run_eval() if self.evaluate else {}
+        if self.step == start_step and self.dist.main and self.export is not None and not self.run.weights.exists():
+            self.export()  # ... and writes its weights again when they are gone: the summary names them
         out = {**last, **result, "images_per_s": last.get("images_per_s", 0.0)}
         if self.keep_best and self.best is not None:
-            out.update({"best_step": self.best["step"], f"best_{self.keep_best.metric}": self.best["value"],
-                        "best_weights": str(self.run.best)})
+            if self.run.best.exists():
+                out.update({"best_step": self.best["step"], f"best_{self.keep_best.metric}": self.best["value"],
+                            "best_weights": str(self.run.best)})
+            elif self.dist.main:
+                log.warn(f"{self.run.best} (the weights of step {self.best['step']}) is missing; the summary names "
+                         "no best weights")
         return out
 
     def _run_eval(self) -> dict:
@@ -411,17 +436,6 @@ class Trainer:
                 self.best = {"step": self.step, "value": res[kb.metric]}
                 self._write_metrics({"event": "best", "step": self.step, kb.metric: res[kb.metric]})
         return res
-
-
-def _drop_partial_line(path: Path) -> None:
-    """Cut a record a kill left half-written at the end of a JSONL file, so every line stays valid JSON."""
-    try:
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-    except FileNotFoundError:
-        pass
 
 
 def _mean_over_ranks(loss: torch.Tensor, metrics: dict, world_size: int) -> tuple[torch.Tensor, dict]:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqgen.checkpoint import (KIND_VQVAE, file_sha256, first_problem, load_tensors, meta_json, read_meta,
+from vqgen.build import check_fits
+from vqgen.checkpoint import (KIND_VQVAE, config_from_meta, file_sha256, first_problem, load_tensors, read_kind_header,
                               save_tensors)
-from vqgen.errors import CheckpointError, OptionError, check_choice, check_positive
+from vqgen.codes import MAX_NUM_CODES
+from vqgen.errors import CheckpointError, OptionError, check_at_least, check_choice, check_positive
 from vqgen.quantizer import GRADIENTS, QUANTIZERS, QuantizerOutput, VectorQuantizer
 from vqgen.runtime import resolve_device
 from vqgen.weights import shipped
+
+
+MAX_IMAGE_SIZE = 1024  # image side in pixels (a 256x256 code grid)
 
 
 @dataclass
@@ -39,25 +44,26 @@ class VQVAEConfig:
 
     def validate(self) -> None:
         """Refuse a value no VQ-VAE can have (OptionError naming the field)."""
-        for name in ("image_size", "hidden", "res_blocks", "res_channels", "num_codes", "code_dim"):
+        for name in ("res_blocks", "res_channels", "code_dim"):
             check_positive(name, getattr(self, name))
-        if self.image_size % 4:
-            raise OptionError(f"{{image_size}} must be a positive multiple of 4, got {self.image_size}", "image_size",
-                              self.image_size, "a positive multiple of 4")
+        check_at_least("hidden", self.hidden, 2)  # the first convolution has hidden // 2 channels
+        if not (isinstance(self.image_size, int) and 4 <= self.image_size <= MAX_IMAGE_SIZE and self.image_size % 4 == 0):
+            raise OptionError(f"{{image_size}} must be a multiple of 4 from 4 to {MAX_IMAGE_SIZE}, got {self.image_size!r}",
+                              "image_size", self.image_size, f"a multiple of 4 from 4 to {MAX_IMAGE_SIZE}")
+        if not (isinstance(self.num_codes, int) and 2 <= self.num_codes <= MAX_NUM_CODES):
+            raise OptionError(f"{{num_codes}} must be from 2 to {MAX_NUM_CODES:,}, got {self.num_codes!r}", "num_codes",
+                              self.num_codes, f"2 to {MAX_NUM_CODES}")
         check_choice("quantizer", self.quantizer, QUANTIZERS)
         check_choice("gradient", self.gradient, GRADIENTS)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "VQVAEConfig":
-        """Rebuild from to_dict(); files written before the field was renamed call num_codes codebook_size."""
+    @staticmethod
+    def upgrade(d: dict) -> dict:
+        """A stored config as this version names its fields: files written before the field was renamed call
+        num_codes codebook_size."""
         d = dict(d)
         if "codebook_size" in d and "num_codes" not in d:
             d["num_codes"] = d.pop("codebook_size")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown VQ-VAE config fields: {sorted(unknown)}")
-        return cls(**d)
+        return d
 
 
 class ResBlock(nn.Module):
@@ -193,22 +199,24 @@ def save_vqvae(model: VQVAE, path) -> None:
     save_tensors(path, model.state_dict(), KIND_VQVAE, {"config": model.config.to_dict()})
 
 
-def read_vqvae_config(path) -> VQVAEConfig:
-    """The config stored in a VQ-VAE weights file."""
-    meta = read_meta(path, KIND_VQVAE)  # the header only: the weights are loaded once, by whoever needs them
-    try:
-        return VQVAEConfig.from_dict(meta_json(meta, "config", path))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its config is not a VQ-VAE config ({e})") from None
+def read_vqvae_config(path, check_tensors: bool = False) -> VQVAEConfig:
+    """The config stored in a VQ-VAE weights file (from its header: no weights are read); with check_tensors,
+    also refuse a file whose tensors are not the ones that config needs (before anything is built)."""
+    header, meta = read_kind_header(path, KIND_VQVAE)
+    cfg = config_from_meta(VQVAEConfig, meta, "config", path, upgrade=VQVAEConfig.upgrade)
+    if check_tensors:
+        check_fits(lambda: VQVAE(cfg), header, path, "VQ-VAE")
+    return cfg
 
 
 def load_vqvae(path, device: torch.device | str = "cpu") -> tuple[VQVAE, str]:
     """Rebuild a VQVAE from its weights file; returns (model in eval mode, sha256 of the file)."""
-    tensors, meta = load_tensors(path, KIND_VQVAE)
+    cfg = read_vqvae_config(path, check_tensors=True)
+    tensors, _ = load_tensors(path, KIND_VQVAE)
+    model = VQVAE(cfg)
     try:
-        model = VQVAE(VQVAEConfig.from_dict(meta_json(meta, "config", path)))
         model.load_state_dict(tensors)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match their config ({first_problem(e)})") from None
     return model.to(device).eval(), file_sha256(path)
 

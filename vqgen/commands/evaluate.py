@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from vqgen import log
-from vqgen.checkpoint import atomic_path, check_parent
-from vqgen.data import SPLITS, load_images, select_split
-from vqgen.errors import ConfigError, check_at_least, check_choice, check_fraction, check_positive
-from vqgen.metrics import RunningStats, bits_per_code, bits_per_dim, fid_from_features, inception_features
+from vqgen.checkpoint import atomic_path
+from vqgen.codes import relabel
+from vqgen.data import SPLITS, load_images, select_split, spec_path
+from vqgen.errors import (ConfigError, check_at_least, check_choice, check_fraction, check_held, check_positive,
+                          seed_value)
+from vqgen.metrics import (SSIM_WINDOW, RunningStats, bits_per_code, bits_per_dim, fid_from_features,
+                           inception_features)
+from vqgen.paths import check_outputs, out_file
 from vqgen.prior_file import check_compatible, open_prior
 from vqgen.runtime import autocast, inference_amp
 from vqgen.search import SearchEncoder, check_search, check_search_options
@@ -33,28 +36,39 @@ def evaluate(data: str, *, vqvae: str | None = None, prior: str | None = None, s
     check_fraction("val_fraction", val_fraction)
     check_at_least("fid", fid, 0)
     check_search_options(search, search_sweeps)
-    if json_out is not None:
-        check_parent(json_out)
-    model, vsha, vpath = open_vqvae(vqvae, device)
-    check_search(model, search)
-    dev = next(model.parameters()).device
-    p_model = p_meta = None
+    seed = seed_value("seed", seed)
     if prior is None and vqvae is None:  # the shipped pair is evaluated together, when both are shipped
         try:
             prior = str(shipped("prior"))
         except ConfigError:
             pass
+    vqvae = vqvae or shipped("vqvae")
+    check_outputs({"data": spec_path(data), "vqvae": vqvae, "prior": prior},
+                  [out_file("json_out", json_out)] if json_out is not None else [])
+    model, vsha, vpath = open_vqvae(vqvae, device)
+    check_search(model, search)
+    side = model.config.image_size
+    check_held("fid", fid, 3 * side * side + 2048 * 8, f"{side}x{side} samples and their features")
+    dev = next(model.parameters()).device
+    p_model = p_meta = None
     if prior is not None:
         p_model, p_meta = open_prior(prior, str(dev))
         g = model.config.grid
         check_compatible(p_model.config, vsha, p_meta["vqvae_sha256"], model.config.num_codes, g, g, "the VQ-VAE")
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
-    idx = select_split(len(images), split, val_fraction)
+    idx = select_split(len(images), split, val_fraction, data)
     imgs = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
-    stats = RunningStats(model.config.num_codes)
-    if p_model is not None and p_model.config.num_classes and labels is None:
-        raise ConfigError(f"the prior is class-conditional but {data} has no labels")
+    if p_model is not None and p_model.config.num_classes:
+        if labels is None:
+            raise ConfigError(f"the prior is class-conditional but {data} has no labels")
+        # bits per code under the wrong labels would be a wrong figure: the data's classes are the prior's by name
+        labels = relabel(labels, images.class_names, p_meta["class_names"], data, "the prior")
+    with_ssim = side >= SSIM_WINDOW
+    if not with_ssim:
+        log.note(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels and these are {side}x{side}: "
+                 "it is not reported")
+    stats = RunningStats(model.config.num_codes, with_ssim=with_ssim)
     nll, nll_uncond, n_codes = 0.0, 0.0, 0
     half = inference_amp(dev, amp)
     with SearchEncoder(model, -(-imgs.shape[0] // batch_size), search, search_sweeps) as encoder, autocast(dev, half):
@@ -72,8 +86,8 @@ def evaluate(data: str, *, vqvae: str | None = None, prior: str | None = None, s
                 n_codes += codes.numel()
     s = stats.summary()
     out = {"num_images": s["images"], "num_codes": model.config.num_codes, "mse": s["mse"], "psnr": s["psnr"],
-           "ssim": s["ssim"], "codes_used": s["codes_used"], "perplexity": s["perplexity"],
-           "unigram_entropy_bits": s["unigram_entropy_bits"]}
+           **({"ssim": s["ssim"]} if with_ssim else {}), "codes_used": s["codes_used"],
+           "perplexity": s["perplexity"], "unigram_entropy_bits": s["unigram_entropy_bits"]}
     if search > 1:
         out["search"], out["search_sweeps"] = search, search_sweeps
     if p_model is not None and p_model.likelihood == "none":
@@ -104,5 +118,5 @@ def evaluate(data: str, *, vqvae: str | None = None, prior: str | None = None, s
         out["prior"] = p_meta["path"]
     if json_out is not None:
         with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(out, indent=2) + "\n")
+            tmp.write_text(log.finite_json(out, indent=2) + "\n")
     return out

@@ -6,40 +6,28 @@ from pathlib import Path
 
 import torch
 
-from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
-from vqgen.errors import ConfigError, OptionError
+from vqgen.data import spec_path
+from vqgen.errors import OptionError
 from vqgen.images import make_grid, save_png
-from vqgen.inpainting import inpaint_images
-
-
-def _refuse_overwriting_inputs(inputs: list[str], outputs: dict[str, str | Path | None]) -> None:
-    """Refuse an output that is one of the input images (or an image inside an input folder)."""
-    for option, out in outputs.items():
-        if out is None:
-            continue
-        target = Path(out).expanduser().resolve()
-        for given in inputs:
-            src = Path(given).expanduser()
-            if not src.exists():
-                continue
-            src = src.resolve()
-            if target == src or (src.is_dir() and target.exists() and src in target.parents):
-                raise ConfigError(f"{{{option}}} {out} would overwrite the input {given}; write it elsewhere")
+from vqgen.inpainting import REGIONS, inpaint_images
+from vqgen.paths import check_outputs, out_file, user_path
+from vqgen.weights import shipped
 
 
 def inpaint(inputs: list[str], out: str | Path, *, region: str, n: int = 4, save_codes: str | None = None,
             class_: str | None = None, **options) -> dict:
     """Complete every input image n times and write a PNG with one row per image (original, masked input,
     completions); optionally the completed grids as an index-grid file."""
-    out = Path(out)
+    out = user_path(out)
     if out.suffix.lower() != ".png":
         raise OptionError(f"{{out}} must be a .png file (one row per image), got {str(out)!r}", "out", str(out),
                           "a .png path")
-    check_parent(out)
-    if save_codes:
-        check_parent(save_codes)
-    _refuse_overwriting_inputs(inputs, {"out": out, "save_codes": save_codes})
+    options = {**options, "prior": options.get("prior") or shipped("prior"),
+               "vqvae": options.get("vqvae") or shipped("vqvae")}
+    given = {"inputs": [spec_path(i) for i in inputs], "prior": options["prior"], "vqvae": options["vqvae"],
+             "region": None if str(region) in REGIONS else region}
+    check_outputs(given, [out_file("out", out)] + ([out_file("save_codes", save_codes)] if save_codes else []))
     r = inpaint_images(inputs, region, n, class_name=class_, **options)
     m = r.originals.shape[0]
     rows = torch.cat([r.originals[:, None], r.masked[:, None], r.images], dim=1)  # (m, n + 2, 3, S, S)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from vqgen import log
-from vqgen.checkpoint import check_parent
 from vqgen.codes import CodeSet, write_codes
 from vqgen.errors import ConfigError, check_positive
 from vqgen.images import make_grid, save_png
-from vqgen.sampling import draw_samples
+from vqgen.paths import check_outputs, out_file, out_folder, user_path
+from vqgen.sampling import check_count, draw_samples
+from vqgen.vqvae import read_vqvae_config
+from vqgen.weights import shipped
 
 
 def sample(
@@ -23,13 +25,18 @@ def sample(
 ) -> dict:
     """Draw n samples and write a grid PNG (out ending in .png) or a folder of PNGs; optionally the grids."""
     check_positive("nrow", nrow)
-    out = Path(out)
+    check_positive("n", n)
+    draw_options = {**draw_options, "prior": draw_options.get("prior") or shipped("prior"),
+                    "vqvae": draw_options.get("vqvae") or shipped("vqvae")}
+    check_count(n, read_vqvae_config(draw_options["vqvae"]).image_size)  # before n names are made
+    out = user_path(out)
     as_grid = out.suffix.lower() == ".png"
-    check_parent(out)
-    if not as_grid and out.exists() and not out.is_dir():
-        raise ConfigError(f"cannot write samples into {out}: it is a file; give a folder or a .png path")
+    width = len(str(n - 1))
+    files = [] if as_grid else [f"sample_{i:0{width}d}.png" for i in range(n)]
+    outputs = [out_file("out", out) if as_grid else out_folder("out", out, files)]
     if save_codes:
-        check_parent(save_codes)
+        outputs.append(out_file("save_codes", save_codes))
+    check_outputs({"prior": draw_options["prior"], "vqvae": draw_options["vqvae"]}, outputs)
     s = draw_samples(n, class_name=class_, class_run=nrow, **draw_options)
     num_classes = len(s.class_names)
     names = s.class_names or [str(i) for i in range(num_classes)]
@@ -42,9 +49,8 @@ def sample(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create folder {out}: {e.strerror or e}") from None
-        width = len(str(n - 1))
-        for i, img in enumerate(s.images):
-            save_png(img, out / f"sample_{i:0{width}d}.png")
+        for name, img in zip(files, s.images):
+            save_png(img, out / name)
     if class_ is None and 0 < len(drawn) < num_classes:  # said once the images are written, not before an error
         log.note(f"one class per row: the grid shows {len(drawn)} of {num_classes} classes ({', '.join(drawn)}); "
                  f"--n {nrow * num_classes} shows all of them, --class NAME picks one")

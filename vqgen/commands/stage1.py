@@ -11,14 +11,16 @@ from pathlib import Path
 import torch
 
 from vqgen import log
-from vqgen.checkpoint import check_parent
+from vqgen.build import check_size
+from vqgen.checkpoint import config_from_meta
 from vqgen.codes import CodeSet, write_codes
-from vqgen.data import SPLIT_SEED, SPLITS, load_images, load_inputs, select_split, split_indices
+from vqgen.data import SPLIT_SEED, SPLITS, load_images, load_inputs, select_split, spec_path, split_indices
 from vqgen.errors import (ConfigError, DataError, OptionError, check_at_least, check_choice, check_fraction,
-                          check_positive)
+                          check_positive, seed_value)
 from vqgen.grow import check_growable, grow_into
 from vqgen.images import make_grid, save_png
 from vqgen.metrics import RunningStats, code_usage, psnr_from_mse
+from vqgen.paths import check_outputs, out_file, out_folder, png_names, user_path
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first
 from vqgen.search import SearchEncoder, check_search, check_search_options
 from vqgen.stream import DATA_ON_DEVICE, Rows, StreamBatches, place_data
@@ -26,6 +28,9 @@ from vqgen.run import GRID_FILE, RunFolder, check_unchanged, fingerprint
 from vqgen.train import KeepBest, Trainer, TensorBatches, TrainConfig, check_training_options
 from vqgen.vqvae import (VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, open_vqvae, read_vqvae_config, save_vqvae,
                          shift_images)
+from vqgen.weights import shipped
+
+SIZES = ("hidden", "res_blocks", "res_channels", "num_codes", "code_dim")  # the VQ-VAE options its size grows with
 
 
 @torch.no_grad()
@@ -83,11 +88,12 @@ def train_vqvae(
     channels_last: bool | None = None,
     init_from: str | None = None,
     threads: int | None = None,
+    overwrite: bool = False,
     data_on_device: str = "auto",
     workers: int | None = None,
 ) -> dict:
     """Train (or resume) a VQ-VAE in run_dir, from scratch or grown from the weights `init_from`; returns the
-    held-out summary.
+    held-out summary. A new run refuses a folder holding an earlier run's files unless `overwrite`.
 
     `model` is a whole VQVAEConfig or a dict of the model options given (None = not given); the others come
     from `init_from`, from the run when resuming, else from VQVAEConfig(). On resume, `data` (None = where the
@@ -106,98 +112,102 @@ def train_vqvae(
     check_positive("workers", workers)
     if data is None and not resume:
         raise OptionError("{data} is required (unless {resume=True})", "data")
-    run.begin(resume, init_from)
-    if run.resuming:
-        model_cfg = VQVAEConfig.from_dict(run.record("vqvae_config"))  # runs from before num_codes too
-        stored = run.record("data")
-        stored_shift = stored.get("shift", 0)  # runs from before --shift existed did not shift
-        check_unchanged({**given, "val_fraction": val_fraction, "flip": flip, "shift": shift},
-                        {**model_cfg.to_dict(), "val_fraction": stored["val_fraction"], "flip": stored["flip"],
-                         "shift": stored_shift})
-        data = stored["spec"] if data is None else data
-        val_fraction, flip, shift = stored["val_fraction"], stored["flip"], stored_shift
-    else:
-        model_cfg = replace(read_vqvae_config(init_from) if init_from is not None else VQVAEConfig(), **given)
-        val_fraction = 0.02 if val_fraction is None else val_fraction
-        flip, shift = bool(flip), shift or 0
-    train_cfg = run.train_config(overrides)
-    channels_last, threads = run.speed_settings(channels_last, threads)
-    _check_shift(shift, model_cfg.image_size)
-    start = None
-    if init_from is not None:
-        start, start_sha = load_vqvae(init_from)
-        check_growable(start.config, model_cfg)
-    dist, dev = init_distributed(device)
-    torch.manual_seed(train_cfg.seed)
+    with run.begin(resume, init_from, overwrite=overwrite, inputs={"data": spec_path(data)}):
+        if run.resuming:
+            model_cfg = config_from_meta(VQVAEConfig, run.stored, "vqvae_config", run.state,
+                                         upgrade=VQVAEConfig.upgrade)  # runs from before num_codes too
+            stored = run.record("data", "spec", "val_fraction", "flip")
+            stored_shift = stored.get("shift", 0)  # runs from before --shift existed did not shift
+            check_unchanged({**given, "val_fraction": val_fraction, "flip": flip, "shift": shift},
+                            {**model_cfg.to_dict(), "val_fraction": stored["val_fraction"], "flip": stored["flip"],
+                             "shift": stored_shift})
+            data = stored["spec"] if data is None else data
+            val_fraction, flip, shift = stored["val_fraction"], stored["flip"], stored_shift
+        else:
+            model_cfg = replace(read_vqvae_config(init_from) if init_from is not None else VQVAEConfig(), **given)
+            val_fraction = 0.02 if val_fraction is None else val_fraction
+            flip, shift = bool(flip), shift or 0
+        train_cfg = run.train_config(overrides)
+        channels_last, threads = run.speed_settings(channels_last, threads)
+        _check_shift(shift, model_cfg.image_size)
+        sizes = " ".join(f"{{{k}={getattr(model_cfg, k)}}}" for k in SIZES)
+        check_size(lambda: VQVAE(model_cfg), f"the VQ-VAE of {sizes}", next((k for k in SIZES if k in given), "hidden"))
+        start = None
+        if init_from is not None:
+            start, start_sha = load_vqvae(init_from)
+            check_growable(start.config, model_cfg)
+        dist, dev = init_distributed(device)
+        torch.manual_seed(train_cfg.seed)
 
-    with local_main_first(dist):  # under torchrun one process per machine downloads / caches, then the rest read
-        images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir, workers=workers)
-    if len(images.images) < 2:
-        raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
-    data_sha = images.sha256 or fingerprint(images.images, images.labels)
-    run.check_same_data(data_sha, data)
-    tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
-    if epochs is not None:
-        train_cfg.train_for_epochs(epochs, len(tr))
-    placement = place_data(data_on_device, len(tr) * images.images[0].numel(), dev)
-    val_images = Rows(images.images, va).load()
-    fixed = val_images[:32]
+        with local_main_first(dist):  # under torchrun one process per machine downloads / caches, then the rest read
+            images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir,
+                                 workers=workers)
+        if len(images.images) < 2:
+            raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
+        data_sha = images.sha256 or fingerprint(images.images, images.labels)
+        run.check_same_data(data_sha, data)
+        tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
+        if epochs is not None:
+            train_cfg.train_for_epochs(epochs, len(tr))
+        placement = place_data(data_on_device, len(tr) * images.images[0].numel(), dev)
+        val_images = Rows(images.images, va).load()
+        fixed = val_images[:32]
 
-    model = VQVAE(model_cfg)
-    if start is not None:
-        grow_into(model, start)
-    model = model.to(dev)
-    probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
+        model = VQVAE(model_cfg)
+        if start is not None:
+            grow_into(model, start)
+        model = model.to(dev)
+        probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
 
-    def probe_step(amp: bool, cl: bool):
-        m = copy.deepcopy(model)
-        m = m.to(memory_format=torch.channels_last) if cl else m
-        obj = VQVAEObjective(m, flip=flip, shift=shift)
-        g = torch.Generator().manual_seed(0)
-        x = torch.randint(0, 256, (probe_batch, 3, model_cfg.image_size, model_cfg.image_size), generator=g,
-                          dtype=torch.uint8).to(dev)
+        def probe_step(amp: bool, cl: bool):
+            m = copy.deepcopy(model)
+            m = m.to(memory_format=torch.channels_last) if cl else m
+            obj = VQVAEObjective(m, flip=flip, shift=shift)
+            g = torch.Generator().manual_seed(0)
+            x = torch.randint(0, 256, (probe_batch, 3, model_cfg.image_size, model_cfg.image_size), generator=g,
+                              dtype=torch.uint8).to(dev)
 
-        def step():
-            with autocast(dev, amp):
-                loss, _ = obj(x)
-            loss.backward()
-        return step
+            def step():
+                with autocast(dev, amp):
+                    loss, _ = obj(x)
+                loss.backward()
+            return step
 
-    workload = f"vqvae:{json.dumps(model_cfg.to_dict(), sort_keys=True)}:flip={flip}:shift={shift}:b{probe_batch}"
-    speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, channels_last=channels_last,
-                         threads=threads, dist=dist)
-    train_cfg.amp = speed.amp
-    log.note(f"computing in {speed.describe()}; {placement.describe()}")
-    if speed.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    objective = VQVAEObjective(model, flip=flip, shift=shift)
-    if placement.on_device:
-        batches = TensorBatches((Rows(images.images, tr).load().to(dev),), train_cfg.batch_size, train_cfg.seed,
-                                dist)
-    else:
-        batches = StreamBatches((Rows(images.images, tr),), train_cfg.batch_size, train_cfg.seed, dev, dist)
+        workload = f"vqvae:{json.dumps(model_cfg.to_dict(), sort_keys=True)}:flip={flip}:shift={shift}:b{probe_batch}"
+        speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, channels_last=channels_last,
+                             threads=threads, dist=dist)
+        train_cfg.amp = speed.amp
+        log.note(f"computing in {speed.describe()}; {placement.describe()}")
+        if speed.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        objective = VQVAEObjective(model, flip=flip, shift=shift)
+        if placement.on_device:
+            batches = TensorBatches((Rows(images.images, tr).load().to(dev),), train_cfg.batch_size,
+                                    train_cfg.seed, dist)
+        else:
+            batches = StreamBatches((Rows(images.images, tr),), train_cfg.batch_size, train_cfg.seed, dev, dist)
 
-    def export() -> None:
-        save_vqvae(model, run.weights)
-        save_png(reconstruction_grid(model, fixed), run.dir / GRID_FILE)
+        def export() -> None:
+            save_vqvae(model, run.weights)
+            save_png(reconstruction_grid(model, fixed), run.dir / GRID_FILE)
 
-    run_meta = {
-        "kind": "vqvae",
-        "vqvae_config": model_cfg.to_dict(),
-        "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction,
-                 "split_seed": SPLIT_SEED, "flip": flip, "shift": shift, "num_train": len(tr),
-                 "num_val": len(va)},
-        **placement.record(),
-    }
-    if start is not None:
-        run_meta["init_from"] = {"path": str(init_from), "sha256": start_sha}
-    keep_best = KeepBest("val_psnr", True, lambda: save_vqvae(model, run.best)) if len(va) else None
-    trainer = Trainer(objective, batches, train_cfg, run, dev, dist, run_meta=run_meta, export=export,
-                      evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
-                      describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best, speed=speed)
-    summary = trainer.fit(resume=run.resuming)
-    summary.update({"steps": trainer.step, "weights": str(run.weights)})
-    return summary
+        run_meta = {
+            "kind": "vqvae",
+            "vqvae_config": model_cfg.to_dict(),
+            "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction,
+                     "split_seed": SPLIT_SEED, "flip": flip, "shift": shift, "num_train": len(tr),
+                     "num_val": len(va)},
+            **placement.record(),
+        }
+        if start is not None:
+            run_meta["init_from"] = {"path": str(user_path(init_from)), "sha256": start_sha}
+        keep_best = KeepBest("val_psnr", True, lambda: save_vqvae(model, run.best)) if len(va) else None
+        trainer = Trainer(objective, batches, train_cfg, run, dev, dist, run_meta=run_meta, export=export,
+                          evaluate=lambda: evaluate_reconstruction(model, val_images, amp=train_cfg.amp),
+                          describe_metrics=_batch_metrics, compile=compile, keep_best=keep_best, speed=speed)
+        summary = trainer.fit(resume=run.resuming)
+        summary.update({"steps": trainer.step, "weights": str(run.weights)})
+        return summary
 
 
 def _absolute(spec: str) -> str:
@@ -245,20 +255,24 @@ def _shifted(images: torch.Tensor, shift: int, offsets: torch.Tensor, chunk: int
 def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device: str = "auto",
                 batch_size: int = 256, nrow: int = 8, cache_dir: str | None = None,
                 data_root: str | None = None, search: int = 0, search_sweeps: int = 1, amp: bool | None = None) -> dict:
-    """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs.
+    """Reconstruct images; `out` ending in .png gets a side-by-side grid, otherwise a folder of PNGs that mirrors
+    the inputs' layout (paths.png_names: cat/001.jpg -> cat/001.png, x.jpg -> x.jpg.png beside x.png).
 
     With search > 1 each image's codes come from a decoder-aware search among that many nearest codes."""
     check_positive("batch_size", batch_size)
     check_positive("nrow", nrow)
     check_search_options(search, search_sweeps)
+    vqvae = vqvae or shipped("vqvae")
+    out = user_path(out)
+    as_grid = out.suffix.lower() == ".png"
+    given = {"vqvae": vqvae, "inputs": [spec_path(i) for i in inputs]}
+    check_outputs(given, [out_file("out", out) if as_grid else out_folder("out", out)])
     model, _, path = open_vqvae(vqvae, device)
     check_search(model, search)
-    out = Path(out)
-    if out.suffix.lower() == ".png":
-        check_parent(out)
-    elif out.exists() and not out.is_dir():
-        raise ConfigError(f"cannot write reconstructions into {out}: it is a file; give a folder or a .png path")
     images = load_inputs(inputs, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
+    if not as_grid:  # the names are known now: none may be an input, nor two the same
+        names = png_names(images.paths)
+        check_outputs(given, [out_folder("out", out, names)])
     dev = next(model.parameters()).device
     recons, sq = [], 0.0
     with SearchEncoder(model, -(-len(images.images) // batch_size), search, search_sweeps) as encoder, \
@@ -270,17 +284,18 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
             recons.append(x_hat.cpu())
     recon = torch.cat(recons)
     n = len(images.images)
-    if out.suffix.lower() == ".png":
+    if as_grid:
         shown = min(n, 64)
         if n > shown:
             log.note(f"the grid shows the first {shown} of {n} images; the figures cover all {n}")
-        rows = -(-shown // nrow) * nrow
+        cols = min(nrow, shown)  # a wider --nrow than there are images gives one row, not blank columns
+        rows = -(-shown // cols) * cols
         blank = torch.ones(rows - shown, 3, *recon.shape[2:])
         top = torch.cat([images.images[:shown].float() / 255, blank])
-        save_png(make_grid(torch.cat([top, torch.cat([recon[:shown], blank])]), nrow=nrow), out)
+        save_png(make_grid(torch.cat([top, torch.cat([recon[:shown], blank])]), nrow=cols), out)
     else:
-        for rel, img in zip(images.paths, recon):
-            target = (out / rel).with_suffix(".png")
+        for name, img in zip(names, recon):
+            target = out / name
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -317,13 +332,15 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
         raise OptionError(f"{{shift_copies}} must be between 1 and {side * side - 1} (the non-zero translations of "
                           f"up to {{shift={shift}}} pixels), got {shift_copies}", "shift_copies", shift_copies,
                           f"1 to {side * side - 1}")
+    seed = seed_value("seed", seed)
+    vqvae = vqvae or shipped("vqvae")
+    out = user_path(out)
+    check_outputs({"vqvae": vqvae, "data": spec_path(data)}, [out_file("out", out)])
     model, sha, path = open_vqvae(vqvae, device)
     check_search(model, search)
     _check_shift(shift, model.config.image_size)
-    out = Path(out)
-    check_parent(out)
     images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir, workers=workers)
-    idx = select_split(len(images), split, val_fraction)
+    idx = select_split(len(images), split, val_fraction, data)
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None
     # codes of a mirrored or shifted image are not the mirrored or shifted codes (the encoder is neither

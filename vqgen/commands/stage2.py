@@ -12,11 +12,13 @@ import torch.nn as nn
 
 from priors import DEFAULT_PRIOR, get_prior
 from vqgen import log
-from vqgen.checkpoint import file_sha256
-from vqgen.codes import read_codes
+from vqgen.checkpoint import config_from_meta, file_sha256
+from vqgen.build import check_size
+from vqgen.codes import read_codes, relabel
 from vqgen.data import SPLIT_SEED, split_indices
 from vqgen.errors import CodesError, ConfigError, OptionError, check_choice, check_fraction, check_positive
 from vqgen.metrics import LN2, code_usage
+from vqgen.paths import user_path
 from vqgen.prior_file import INIT_FREE_FIELDS, load_prior_tensors, parse_prior_options, save_prior, start_from
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed
 from vqgen.run import RunFolder, check_unchanged, fingerprint
@@ -109,6 +111,7 @@ def train_prior(
     threads: int | None = None,
     label_dropout: float | None = None,
     init_from: str | None = None,
+    overwrite: bool = False,
     data_on_device: str = "auto",
 ) -> dict:
     """Fit (or resume) a prior on an index-grid file; returns the held-out summary.
@@ -126,141 +129,160 @@ def train_prior(
     check_choice("data_on_device", data_on_device, DATA_ON_DEVICE)
     if codes_path is None and not resume:
         raise OptionError("{codes_path} is required (unless {resume=True})", "codes_path")
-    run.begin(resume, init_from)
-    start = None
-    if init_from is not None:
-        start_tensors, start_meta = load_prior_tensors(init_from)
-        if prior_name is not None and prior_name != start_meta["prior"]:
-            raise ConfigError(f"{{init_from}} {init_from} is a {start_meta['prior']} prior, not a {prior_name} one")
-        prior_name = start_meta["prior"]
-        # its sizes are the run's, unless -o says otherwise (then start_from says what does not fit)
-        prior_options = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in start_meta["config"].items()
-                         if k not in (*SET_BY_THE_RUN, *INIT_FREE_FIELDS)] \
-            + list(prior_options)
-        start = (start_tensors, start_meta)
-    if run.resuming:
-        stored_data = run.record("data")
-        stored_name, cfg_dict = run.stored["prior"], run.record("prior_config")
-        check_unchanged({"prior_name": prior_name, "val_fraction": None if stored_data["val_codes"] else val_fraction,
-                         "class_conditional": class_conditional, "label_dropout": label_dropout},
-                        {"prior_name": stored_name, "val_fraction": stored_data["val_fraction"],
-                         "class_conditional": cfg_dict["num_classes"] > 0,
-                         "label_dropout": cfg_dict.get("label_dropout", 0.0)})
-        if prior_options:
-            given = parse_prior_options(get_prior(stored_name).config_class, prior_options, SET_BY_THE_RUN)
-            check_unchanged({f"prior_options.{k}": v for k, v in given.items()},
-                            {f"prior_options.{k}": v for k, v in cfg_dict.items()})
-        if val_codes is not None and stored_data["val_codes"] is None:
-            raise ConfigError("{val_codes} does not match the run being resumed, which holds out a split of "
-                              "{codes_path}; drop the option, or start a new run with another {run_dir}")
-        prior_name, class_conditional = stored_name, cfg_dict["num_classes"] > 0
-        codes_path = stored_data["codes"] if codes_path is None else codes_path
-        val_codes = stored_data["val_codes"] if val_codes is None else val_codes
-        val_fraction = stored_data["val_fraction"]
-    else:
-        prior_name = prior_name or DEFAULT_PRIOR
-        val_fraction = 0.05 if val_fraction is None else val_fraction
-    train_cfg = run.train_config(overrides)
-    _, threads = run.speed_settings(None, threads)
-    cls = get_prior(prior_name)
-    cs = read_codes(codes_path, mapped=True)  # the training grids are read as they are used, never all at once
-    if class_conditional and cs.labels is None:
-        raise ConfigError(f"{codes_path} has no labels, so a class-conditional prior cannot be trained; "
-                          "pass {class_conditional=False}")
-    conditional = cs.labels is not None and bool(cs.class_names) if class_conditional is None else class_conditional
-    if val_codes:
-        vs = read_codes(val_codes)
-        if (vs.num_codes, vs.height, vs.width, vs.vqvae_sha256) != (cs.num_codes, cs.height, cs.width, cs.vqvae_sha256):
-            raise CodesError(f"{val_codes} does not match {codes_path} (K, grid shape or VQ-VAE differ)")
-        tr_codes = Rows(cs.codes, dtype=torch.long)
-        tr_labels = Rows(cs.labels) if cs.labels is not None else None
-        va_codes, va_labels = vs.codes, vs.labels
-    else:
-        if len(cs) < 2:
-            raise CodesError(f"{codes_path} holds {len(cs)} grid; at least 2 are needed (one is held out)")
-        tr, va = split_indices(len(cs), val_fraction, SPLIT_SEED)
-        lab = cs.labels
-        tr_codes, va_codes = Rows(cs.codes, tr, torch.long), cs.codes[va].long()
-        tr_labels, va_labels = (Rows(lab, tr), lab[va]) if lab is not None else (None, None)
-    if not conditional:
-        tr_labels = va_labels = None
-    codes_sha = fingerprint(tr_codes, tr_labels, va_codes, va_labels)
-    run.check_same_data(codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])))
-    if not run.resuming:
-        if label_dropout is None:  # guidance needs a null class: on by default wherever the prior can have one
-            label_dropout = DEFAULT_LABEL_DROPOUT if conditional and cls.supports_null_class else 0.0
-        elif label_dropout > 0 and not conditional:
-            raise ConfigError("{label_dropout} needs a class-conditional prior; these codes are trained unconditionally")
-        cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options, SET_BY_THE_RUN),
-                    "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
-                    "num_classes": len(cs.class_names) if conditional else 0, "label_dropout": float(label_dropout)}
-    if epochs is not None:
-        train_cfg.train_for_epochs(epochs, tr_codes.shape[0])
+    with run.begin(resume, init_from, overwrite=overwrite, inputs={"codes_path": codes_path, "val_codes": val_codes}):
+        start = None
+        if init_from is not None:
+            start_tensors, start_meta = load_prior_tensors(init_from)
+            if prior_name is not None and prior_name != start_meta["prior"]:
+                raise ConfigError(f"{{init_from}} {init_from} is a {start_meta['prior']} prior, not a {prior_name} one")
+            prior_name = start_meta["prior"]
+            # its sizes are the run's, unless -o says otherwise (then start_from says what does not fit)
+            prior_options = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in start_meta["config"].items()
+                             if k not in (*SET_BY_THE_RUN, *INIT_FREE_FIELDS)] \
+                + list(prior_options)
+            start = (start_tensors, start_meta)
+        if run.resuming:
+            stored_data = run.record("data", "codes", "val_codes", "val_fraction")
+            stored_name, cfg_dict = run.stored.get("prior", ""), run.record("prior_config", "num_classes")
+            check_unchanged({"prior_name": prior_name, "val_fraction": None if stored_data["val_codes"] else val_fraction,
+                             "class_conditional": class_conditional, "label_dropout": label_dropout},
+                            {"prior_name": stored_name, "val_fraction": stored_data["val_fraction"],
+                             "class_conditional": cfg_dict["num_classes"] > 0,
+                             "label_dropout": cfg_dict.get("label_dropout", 0.0)})
+            if prior_options:
+                given = parse_prior_options(get_prior(stored_name).config_class, prior_options, SET_BY_THE_RUN)
+                check_unchanged({f"prior_options.{k}": v for k, v in given.items()},
+                                {f"prior_options.{k}": v for k, v in cfg_dict.items()})
+            if val_codes is not None and stored_data["val_codes"] is None:
+                raise ConfigError("{val_codes} does not match the run being resumed, which holds out a split of "
+                                  "{codes_path}; drop the option, or start a new run with another {run_dir}")
+            prior_name, class_conditional = stored_name, cfg_dict["num_classes"] > 0
+            codes_path = stored_data["codes"] if codes_path is None else codes_path
+            val_codes = stored_data["val_codes"] if val_codes is None else val_codes
+            val_fraction = stored_data["val_fraction"]
+        else:
+            prior_name = prior_name or DEFAULT_PRIOR
+            val_fraction = 0.05 if val_fraction is None else val_fraction
+        train_cfg = run.train_config(overrides)
+        _, threads = run.speed_settings(None, threads)
+        cls = get_prior(prior_name)
+        cs = read_codes(codes_path, mapped=True)  # the training grids are read as they are used, never all at once
+        if class_conditional and cs.labels is None:
+            raise ConfigError(f"{codes_path} has no labels, so a class-conditional prior cannot be trained; "
+                              "pass {class_conditional=False}")
+        if class_conditional and not cs.class_names:
+            raise ConfigError(f"{codes_path} has labels but no class names, so a class-conditional prior could not "
+                              "name its classes; write its class_names, or pass {class_conditional=False}")
+        if class_conditional is None and cs.labels is not None and not cs.class_names:
+            log.note(f"{codes_path} has labels but no class names; training an unconditional prior")
+        conditional = cs.labels is not None and bool(cs.class_names) if class_conditional is None else class_conditional
+        if val_codes:
+            vs = read_codes(val_codes)
+            if (vs.num_codes, vs.height, vs.width, vs.vqvae_sha256) != (cs.num_codes, cs.height, cs.width, cs.vqvae_sha256):
+                raise CodesError(f"{val_codes} does not match {codes_path} (K, grid shape or VQ-VAE differ)")
+            va_labels = vs.labels
+            if conditional:  # the held-out labels must mean what the training labels mean, before the first step
+                if vs.labels is None:
+                    raise CodesError(f"{val_codes} has no labels, but the prior is class-conditional (on the classes "
+                                     f"of {codes_path}); encode the held-out images with their classes, or pass "
+                                     "{class_conditional=False}")
+                va_labels = relabel(vs.labels, vs.class_names, cs.class_names, str(val_codes), str(codes_path))
+            tr_codes = Rows(cs.codes, dtype=torch.long)
+            tr_labels = Rows(cs.labels) if cs.labels is not None else None
+            va_codes = vs.codes
+        else:
+            if len(cs) < 2:
+                raise CodesError(f"{codes_path} holds {len(cs)} grid; at least 2 are needed (one is held out)")
+            tr, va = split_indices(len(cs), val_fraction, SPLIT_SEED)
+            lab = cs.labels
+            tr_codes, va_codes = Rows(cs.codes, tr, torch.long), cs.codes[va].long()
+            tr_labels, va_labels = (Rows(lab, tr), lab[va]) if lab is not None else (None, None)
+        if not conditional:
+            tr_labels = va_labels = None
+        codes_sha = fingerprint(tr_codes, tr_labels, va_codes, va_labels)
+        run.check_same_data(codes_sha, ", ".join(filter(None, [str(codes_path), val_codes])))
+        if not run.resuming:
+            if label_dropout is None:  # guidance needs a null class: on by default wherever the prior can have one
+                label_dropout = DEFAULT_LABEL_DROPOUT if conditional and cls.supports_null_class else 0.0
+            elif label_dropout > 0 and not conditional:
+                raise ConfigError("{label_dropout} needs a class-conditional prior; these codes are trained unconditionally")
+            cfg_dict = {**asdict(cls.config_class()), **parse_prior_options(cls.config_class, prior_options, SET_BY_THE_RUN),
+                        "num_codes": cs.num_codes, "height": cs.height, "width": cs.width,
+                        "num_classes": len(cs.class_names) if conditional else 0, "label_dropout": float(label_dropout)}
+        if epochs is not None:
+            train_cfg.train_for_epochs(epochs, tr_codes.shape[0])
 
-    dist, dev = init_distributed(device)
-    torch.manual_seed(train_cfg.seed)
-    prior = cls(cls.config_class(**cfg_dict))
-    if start is not None:
-        if start[1]["vqvae_sha256"] and cs.vqvae_sha256 and start[1]["vqvae_sha256"] != cs.vqvae_sha256:
-            raise ConfigError(f"{{init_from}} {init_from} learned the codes of another VQ-VAE than {codes_path}")
-        start_from(prior, init_from, start[1], start[0])
-    prior = prior.to(dev)
-    probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
+        prior_cfg = config_from_meta(cls.config_class, run.stored, "prior_config", run.state) if run.resuming \
+            else cls.config_class(**cfg_dict)
+        sizes = " ".join(f"{{prior_options.{k}={v}}}" for k, v in cfg_dict.items() if k not in SET_BY_THE_RUN
+                         and isinstance(v, int) and not isinstance(v, bool))
+        check_size(lambda: cls(prior_cfg), f"the {prior_name} prior of {sizes} over K={cs.num_codes} codes",
+                   "prior_options")
+        dist, dev = init_distributed(device)
+        torch.manual_seed(train_cfg.seed)
+        prior = cls(prior_cfg)
+        if start is not None:
+            if start[1]["vqvae_sha256"] and cs.vqvae_sha256 and start[1]["vqvae_sha256"] != cs.vqvae_sha256:
+                raise ConfigError(f"{{init_from}} {init_from} learned the codes of another VQ-VAE than {codes_path}")
+            start_from(prior, init_from, start[1], start[0])
+        prior = prior.to(dev)
+        probe_batch = min(PROBE_BATCH, train_cfg.batch_size)
 
-    def probe_step(amp: bool, _channels_last: bool):
-        p = copy.deepcopy(prior)
-        g = torch.Generator().manual_seed(0)
-        c = torch.randint(0, cs.num_codes, (probe_batch, cs.height, cs.width), generator=g).to(dev)
-        lab = torch.randint(0, p.config.num_classes, (probe_batch,), generator=g).to(dev) if p.config.num_classes else None
+        def probe_step(amp: bool, _channels_last: bool):
+            p = copy.deepcopy(prior)
+            g = torch.Generator().manual_seed(0)
+            c = torch.randint(0, cs.num_codes, (probe_batch, cs.height, cs.width), generator=g).to(dev)
+            lab = torch.randint(0, p.config.num_classes, (probe_batch,), generator=g).to(dev) if p.config.num_classes else None
 
-        def step():
-            with autocast(dev, amp):
-                loss = p.loss(c, lab)
-            loss.backward()
-        return step
+            def step():
+                with autocast(dev, amp):
+                    loss = p.loss(c, lab)
+                loss.backward()
+            return step
 
-    workload = f"prior:{prior_name}:{json.dumps(cfg_dict, sort_keys=True)}:b{probe_batch}"
-    speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, threads=threads, memory_format_matters=False,
-                         dist=dist)
-    train_cfg.amp = speed.amp
-    on_device_bytes = len(tr_codes) * (cs.height * cs.width + (tr_labels is not None)) * 8  # int64 codes and labels
-    placement = place_data(data_on_device, on_device_bytes, dev)
-    log.note(f"computing in {speed.describe()}; {placement.describe()}")
-    if cls.likelihood != "exact":  # say what the figure is whenever it is not the bits per code the others report
-        log.note(f"held-out figure: {HELD_OUT_FIGURE[cls.likelihood]}, {FIGURE_MEANING[cls.likelihood]}; the best "
-                 "weights are kept by it")
-    if placement.on_device:
-        batches = TensorBatches(tuple(t.load().to(dev) for t in (tr_codes, tr_labels) if t is not None),
-                                train_cfg.batch_size, train_cfg.seed, dist)
-    else:
-        batches = StreamBatches((tr_codes, tr_labels), train_cfg.batch_size, train_cfg.seed, dev, dist)
-    class_names = list(cs.class_names) if conditional else []
+        workload = f"prior:{prior_name}:{json.dumps(cfg_dict, sort_keys=True)}:b{probe_batch}"
+        speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, threads=threads, memory_format_matters=False,
+                             dist=dist)
+        train_cfg.amp = speed.amp
+        on_device_bytes = len(tr_codes) * (cs.height * cs.width + (tr_labels is not None)) * 8  # int64 codes, labels
+        placement = place_data(data_on_device, on_device_bytes, dev)
+        log.note(f"computing in {speed.describe()}; {placement.describe()}")
+        if cls.likelihood != "exact":  # say what the figure is whenever it is not the bits per code the others report
+            log.note(f"held-out figure: {HELD_OUT_FIGURE[cls.likelihood]}, {FIGURE_MEANING[cls.likelihood]}; the best "
+                     "weights are kept by it")
+        if placement.on_device:
+            batches = TensorBatches(tuple(t.load().to(dev) for t in (tr_codes, tr_labels) if t is not None),
+                                    train_cfg.batch_size, train_cfg.seed, dist)
+        else:
+            batches = StreamBatches((tr_codes, tr_labels), train_cfg.batch_size, train_cfg.seed, dev, dist)
+        class_names = list(cs.class_names) if conditional else []
 
-    run_meta = {
-        "kind": "prior", "prior": prior_name, "prior_config": cfg_dict,
-        "data": {"codes": str(Path(codes_path).resolve()), "val_codes": str(Path(val_codes).resolve()) if val_codes else None,
-                 "sha256": codes_sha, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "num_train": int(tr_codes.shape[0]),
-                 "num_val": int(va_codes.shape[0])},
-        **placement.record(),
-    }
-    if init_from is not None:
-        run_meta["init_from"] = {"path": str(init_from), "sha256": file_sha256(init_from)}
-    trainer = Trainer(
-        PriorObjective(prior), batches, train_cfg, run, dev, dist, run_meta=run_meta,
-        export=lambda: save_prior(prior, run.weights, class_names, cs.vqvae_sha256),
-        evaluate=lambda: evaluate_prior(prior, va_codes, va_labels, amp=train_cfg.amp),
-        describe_metrics=lambda m: {k: v.item() for k, v in m.items()}, compile=compile,
-        keep_best=KeepBest(HELD_OUT_FIGURE[cls.likelihood], False,
-                           lambda: save_prior(prior, run.best, class_names, cs.vqvae_sha256))
-        if va_codes.shape[0] else None,
-        speed=speed,
-    )
-    summary = trainer.fit(resume=run.resuming)
-    summary.update({"steps": trainer.step, "prior": prior_name, "likelihood": cls.likelihood,
-                    "class_conditional": conditional,
-                    "unigram_entropy_bits": _unigram_entropy_bits(tr_codes, cs.num_codes),
-                    "weights": str(run.weights)})
-    return summary
+        run_meta = {
+            "kind": "prior", "prior": prior_name, "prior_config": cfg_dict,
+            "data": {"codes": str(user_path(codes_path).resolve()),
+                     "val_codes": str(user_path(val_codes).resolve()) if val_codes else None,
+                     "sha256": codes_sha, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "num_train": int(tr_codes.shape[0]),
+                     "num_val": int(va_codes.shape[0])},
+            **placement.record(),
+        }
+        if init_from is not None:
+            run_meta["init_from"] = {"path": str(user_path(init_from)), "sha256": file_sha256(init_from)}
+        trainer = Trainer(
+            PriorObjective(prior), batches, train_cfg, run, dev, dist, run_meta=run_meta,
+            export=lambda: save_prior(prior, run.weights, class_names, cs.vqvae_sha256),
+            evaluate=lambda: evaluate_prior(prior, va_codes, va_labels, amp=train_cfg.amp),
+            describe_metrics=lambda m: {k: v.item() for k, v in m.items()}, compile=compile,
+            keep_best=KeepBest(HELD_OUT_FIGURE[cls.likelihood], False,
+                               lambda: save_prior(prior, run.best, class_names, cs.vqvae_sha256))
+            if va_codes.shape[0] else None,
+            speed=speed,
+        )
+        summary = trainer.fit(resume=run.resuming)
+        summary.update({"steps": trainer.step, "prior": prior_name, "likelihood": cls.likelihood,
+                        "class_conditional": conditional,
+                        "unigram_entropy_bits": _unigram_entropy_bits(tr_codes, cs.num_codes),
+                        "weights": str(run.weights)})
+        return summary
 
 
 def _unigram_entropy_bits(codes: Rows, num_codes: int) -> float:
