@@ -17,13 +17,13 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vqgen.checkpoint import read_header
 from vqgen.errors import CheckpointError, check_choice
+from vqgen.paths import user_path
 from vqgen.runtime import Dist
 from vqgen.train import TensorBatches
 
@@ -43,7 +43,7 @@ def map_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Nothing is read until used; writing into one changes this process's copy, never the file."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = user_path(path)
     header, _ = read_header(path)  # checks the file is safetensors and not truncated
     try:
         with safe_open(str(path), framework="pt"):  # and its own checks of the layout (offsets, dtypes)
