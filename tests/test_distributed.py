@@ -1,6 +1,6 @@
 """train-vqvae and train-prior under torchrun: 2 CPU processes with gloo against one process.
 
-One torchrun launch (tests/ddp_worker.py) runs five commands through the real CLI on both ranks and dumps
+One torchrun launch (tests/ddp_worker.py) runs seven commands through the real CLI on both ranks and dumps
 each rank's final state; a second launch (the installed `vqgen` script) is interrupted with SIGINT.
 Every run: tiny models, 16x16 images, global batch 8, fp32 (--no-amp), a handful of steps.
 """
@@ -63,12 +63,16 @@ def ddp(tmp_path_factory):
     # the last command leaves precision and memory format to the measurement, which all ranks then share
     auto = ["train-vqvae", "--data", root / "images", "--out", root / "auto", "--steps", "3", "--batch-size", "8",
             "--json", "--cache-dir", root / "cache", *TINY_VQVAE_ARGS]
+    # the first command again, streamed from a cache rank 0 builds (5 chunks, 2 worker processes), rank 1 waiting
+    streamed = [*_vq_args(root, root / "streamed", 5), "--data-on-device", "no", "--workers", "2",
+                "--cache-dir", root / "cache-streamed"]
     commands = [_vq_args(root, root / "vq", 5), resume(8), resume(40),
                 _prior_args(root, "pixelcnn", root / "pixelcnn"), _prior_args(root, "transformer", root / "transformer"),
-                auto]
+                auto, streamed]
     (root / "dump").mkdir()
     spec = root / "spec.json"
-    spec.write_text(json.dumps({"dump": str(root / "dump"), "commands": [[str(a) for a in c] for c in commands]}))
+    spec.write_text(json.dumps({"dump": str(root / "dump"), "commands": [[str(a) for a in c] for c in commands],
+                               "chunk_images": 5}))
     p = _torchrun(WORKER, spec)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{out}\n{err}"
@@ -122,6 +126,18 @@ def test_vqvae_two_processes_match_one_process(ddp, cli, tmp_path):
     assert _info(ddp, 0, 0)["picks"] == [16]  # the codebook was initialised from data (gathered from both ranks)
     # logged figures are the global batch's (averaged over ranks), as one process logs them
     assert _losses(ddp / "vq")[:8] == pytest.approx(_losses(tmp_path / "one8"), abs=ATOL)
+
+@pytest.mark.slow
+def test_ranks_share_one_cache_built_by_one_of_them_and_stream_from_it(ddp):
+    assert [_info(ddp, 6, r)["exit_code"] for r in (0, 1)] == [0, 0]
+    assert [_info(ddp, 6, r)["batches"] for r in (0, 1)] == ["StreamBatches"] * 2
+    assert _info(ddp, 0, 0)["batches"] == "TensorBatches"
+    assert _info(ddp, 6, 0)["decoded"] == [24] and _info(ddp, 6, 1)["decoded"] == []  # rank 1 mapped rank 0's file
+    assert len(list((ddp / "cache-streamed").iterdir())) == 1  # the cache file, its chunks gone
+    streamed, on_device = _assert_ranks_identical(ddp, 6), _state(ddp, 0, 0)
+    assert all(torch.equal(streamed[k], on_device[k]) for k in on_device)  # the same batches: the same run
+    assert _records(ddp / "streamed")[0]["data_on_device"] is False
+
 
 @pytest.mark.slow
 def test_measured_speed_choice_is_shared_by_every_rank(ddp):

@@ -91,13 +91,19 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_metadata(kind: str, meta: dict[str, Any] | None = None) -> dict[str, str]:
+    """The safetensors metadata of a vqgen file of `kind`: non-string values are stored as JSON."""
+    md = {"format": kind, "format_version": FORMAT_VERSION, "vqgen_version": __version__}
+    for k, v in (meta or {}).items():
+        md[k] = v if isinstance(v, str) else json.dumps(v)
+    return md
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict, kind: str, meta: dict[str, Any] | None = None) -> None:
     """Write tensors and metadata atomically; non-string metadata values are stored as JSON."""
     from safetensors.torch import save_file
 
-    md = {"format": kind, "format_version": FORMAT_VERSION, "vqgen_version": __version__}
-    for k, v in (meta or {}).items():
-        md[k] = v if isinstance(v, str) else json.dumps(v)
+    md = file_metadata(kind, meta)
     from safetensors import SafetensorError
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

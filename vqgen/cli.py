@@ -166,6 +166,11 @@ SearchOpt = typer.Option(0, "--search", help="Pick each position's code among it
 SearchSweepsOpt = typer.Option(1, "--search-sweeps", help="Passes of --search over the grid's positions (2: ~0.1 dB more).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: auto, the faster of torch's default "
                           "and the usable cores, measured with --amp's choice; OMP_NUM_THREADS is respected).")
+WorkersOpt = typer.Option(None, "--workers", help="Processes decoding a folder of images into the cache "
+                          "(default: the usable cores); an interrupted decoding resumes where it stopped.")
+DataOnDeviceOpt = typer.Option("auto", "--data-on-device", help="auto | yes | no: hold the training split on the "
+                               "device, or stream batches to it from the memory-mapped cache (auto: on the device "
+                               "when it takes at most half of the device's measured free memory; printed and recorded).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Start afresh in an --out that holds an earlier run, deleting "
                             "its weights, best weights, checkpoint, metrics and reconstructions (without it, such "
@@ -214,6 +219,8 @@ def train_vqvae(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Force the channels_last memory format on or off (default: auto, measured with --amp's choice)."),
     threads: Optional[int] = ThreadsOpt,
+    data_on_device: str = DataOnDeviceOpt,
+    workers: Optional[int] = WorkersOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -229,7 +236,8 @@ def train_vqvae(
                                  log_every=log_every, amp=amp)
     summary = run(data, out, model, overrides, epochs=epochs, val_fraction=val_fraction, flip=flip, shift=shift,
                   device=device, data_root=data_root, cache_dir=cache_dir, resume=resume, compile=compile,
-                  channels_last=channels_last, init_from=init_from, threads=threads, overwrite=overwrite)
+                  channels_last=channels_last, init_from=init_from, threads=threads, overwrite=overwrite,
+                  data_on_device=data_on_device, workers=workers)
     emit(summary, as_json)
 
 
@@ -273,6 +281,7 @@ def encode(
     search_sweeps: int = SearchSweepsOpt,
     amp: Optional[bool] = InferAmpOpt,
     device: str = DeviceOpt,
+    workers: Optional[int] = WorkersOpt,
     data_root: Optional[str] = DataRootOpt,
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -282,7 +291,7 @@ def encode(
 
     emit(run(vqvae, data, out, split=split, val_fraction=val_fraction, device=device, batch_size=batch_size,
              data_root=data_root, cache_dir=cache_dir, flip=flip, shift=shift, shift_copies=shift_copies, seed=seed,
-             search=search, search_sweeps=search_sweeps, amp=amp), as_json)
+             search=search, search_sweeps=search_sweeps, amp=amp, workers=workers), as_json)
 
 
 @app.command("train-prior", epilog="Example: vqgen train-prior --codes codes.safetensors --out runs/prior --steps 20000")
@@ -314,6 +323,7 @@ def train_prior(
     device: str = DeviceOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the prior (GPU runs)."),
     threads: Optional[int] = ThreadsOpt,
+    data_on_device: str = DataOnDeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Fit an autoregressive prior (stage 2) on index grids; report held-out bits per code."""
@@ -324,7 +334,8 @@ def train_prior(
                                  log_every=log_every, amp=amp)
     emit(run(codes, out, prior, opt, overrides, epochs=epochs, class_conditional=class_conditional,
              val_codes=val_codes, val_fraction=val_fraction, device=device, resume=resume, compile=compile,
-             threads=threads, label_dropout=label_dropout, init_from=init_from, overwrite=overwrite), as_json)
+             threads=threads, label_dropout=label_dropout, init_from=init_from, overwrite=overwrite,
+             data_on_device=data_on_device), as_json)
 
 
 @app.command(epilog="Example: vqgen sample --n 64 --out grid.png --class cat --seed 1")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vqgen.checkpoint import KIND_CODES, CheckpointError, load_tensors, save_tensors
+from vqgen.checkpoint import KIND_CODES, CheckpointError, load_tensors, read_meta, save_tensors
 from vqgen import log
 from vqgen.errors import CodesError, ConfigError
 
@@ -62,10 +62,19 @@ def write_codes(path: str | os.PathLike, cs: CodeSet) -> None:
     save_tensors(path, tensors, KIND_CODES, meta)
 
 
-def read_codes(path: str | os.PathLike) -> CodeSet:
-    """Read and validate an index-grid file; refuse a bad one with a message naming the problem."""
+def read_codes(path: str | os.PathLike, mapped: bool = False) -> CodeSet:
+    """Read and validate an index-grid file; refuse a bad one with a message naming the problem.
+
+    With `mapped` the codes and labels stay memory-mapped (vqgen.stream.map_tensors), the codes in the file's
+    dtype (int16 or int32) rather than int64: for a set streamed through training."""
+    from vqgen.stream import map_tensors
+
     try:
-        tensors, meta = load_tensors(path, KIND_CODES)
+        if mapped:
+            meta = read_meta(path, KIND_CODES)
+            tensors = map_tensors(path)
+        else:
+            tensors, meta = load_tensors(path, KIND_CODES)
     except CheckpointError as e:
         raise CodesError(str(e)) from None
     p = str(path)
@@ -88,7 +97,8 @@ def read_codes(path: str | os.PathLike) -> CodeSet:
         raise CodesError(f"{p}: codes have dtype {codes.dtype}, expected {code_dtype(num_codes)} for K={num_codes}")
     if codes.dim() != 3 or tuple(codes.shape[1:]) != (h, w):
         raise CodesError(f"{p}: codes have shape {tuple(codes.shape)}, metadata says (N, {h}, {w})")
-    cs = CodeSet(codes.long(), num_codes, tensors.get("labels"), class_names, meta["vqvae_sha256"], meta["source"])
+    cs = CodeSet(codes if mapped else codes.long(), num_codes, tensors.get("labels"), class_names,
+                 meta["vqvae_sha256"], meta["source"])
     _validate(cs, p)
     return cs
 

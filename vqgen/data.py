@@ -5,16 +5,24 @@ resized to S (bicubic, antialiased) and centre-cropped. Only the raster formats 
 a file's name (Pillow would hand a PostScript file to Ghostscript); other and unreadable files are skipped with
 a warning each. A decoded folder is cached on disk (safetensors) under a key made from the folder's contents
 (relative path and bytes of every file, one BLAKE2 pass), so an edit that keeps a file's size and mtime is seen
-too; a second load of an unchanged folder reads the files but decodes none.
+too; a second load of an unchanged folder reads the files but decodes none. The cache is read memory-mapped
+(vqgen.stream): a set larger than memory is never loaded whole. It is built by worker processes, a chunk of
+files each, every chunk its own file until the last is done, so an interrupted build resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
+import multiprocessing
 import os
+import shutil
+import signal
+import struct
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +30,12 @@ import numpy as np
 import torch
 
 from vqgen import log
-from vqgen.checkpoint import load_tensors, read_header, save_tensors
-from vqgen.errors import DataError, check_choice
+from vqgen.checkpoint import atomic_path, file_metadata, read_header, read_meta
+from vqgen.errors import DataError, OutputError, check_choice, check_positive
 from vqgen.paths import user_path
+from vqgen.run import Fingerprint
+from vqgen.runtime import usable_cores
+from vqgen.stream import map_tensors
 
 KIND_IMAGE_CACHE = "vqgen.image-cache"
 CACHE_VERSION = "1"  # bump when decoding/resizing changes, so old caches are not reused
@@ -34,6 +45,7 @@ SPLIT_SEED = 0  # the held-out split is fixed, whatever seed a run trains with, 
 SPLITS = ("train", "val", "all")  # the parts of a set a command can take: its seeded split, or all of it
 # the raster formats decoded (Pillow's names; PPM covers PBM/PGM/PPM): common, and decoded by Pillow itself
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+CHUNK_IMAGES = 1024  # files per chunk of a folder being decoded: the most an interrupted build decodes again
 
 
 @dataclass
@@ -43,6 +55,7 @@ class ImageSet:
     class_names: list[str] = field(default_factory=list)  # label index -> name; [] when unlabelled
     paths: list[str] = field(default_factory=list)  # one relative path per image ("cat/001.png")
     source: str = ""  # the spec the set came from
+    sha256: str = ""  # vqgen.run.fingerprint(images, labels) when known (a cached folder stores it); "" otherwise
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -162,27 +175,105 @@ def _describe(e: BaseException) -> str:
     return msg.split("\n")[0]
 
 
-def _decode_many(root: Path, rels: list[str], size: int) -> tuple[np.ndarray, list[int], list[list[str]], int]:
-    """Decode files (relative to root) into one array. Returns (images, kept indices, skipped, n_upscaled)."""
-    out = np.empty((len(rels), size, size, 3), dtype=np.uint8)
+def _decode_chunk(root: str, rels: list[str], size: int, out: str | None):
+    """Decode files (relative to root): numpy and Pillow only, so that a forked worker touches no torch state.
+
+    Returns (images (n, 3, S, S) uint8 or None, kept: indices into rels, skipped: [rel, why], n_upscaled); with
+    `out` the images go to that chunk file instead (with the rest as its metadata) and None comes back."""
+    from safetensors.numpy import save_file
+
+    arr = np.empty((len(rels), size, size, 3), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[list[str]] = []
     upscaled = 0
-    step = max(1, len(rels) // 200)
-    with _strict_truncation(), log.progress(len(rels)) as bar:
-        task = bar.add_task(f"decoding {log.printable(str(root))}", total=len(rels))
+    with _strict_truncation():
         for i, rel in enumerate(rels):
             try:
-                arr, small = _decode(str(root / rel), size)
+                a, small = _decode(os.path.join(root, rel), size)
             except Exception as e:  # any file Pillow chokes on is skipped, never fatal
                 skipped.append([rel, _describe(e)])
             else:
-                out[len(kept)] = arr
+                arr[len(kept)] = a
                 kept.append(i)
                 upscaled += small
-            if i % step == 0 or i == len(rels) - 1:
-                bar.update(task, completed=i + 1)
-    return out[: len(kept)], kept, skipped, upscaled
+    images = np.ascontiguousarray(arr[: len(kept)].transpose(0, 3, 1, 2))  # (n, 3, S, S)
+    if out is None:
+        return images, kept, skipped, upscaled
+    meta = {"files": str(len(rels)), "kept": json.dumps(kept), "skipped": json.dumps(skipped),
+            "upscaled": str(upscaled)}
+    with atomic_path(out) as tmp:
+        save_file({"images": images}, str(tmp), metadata=meta)
+    return None, kept, skipped, upscaled
+
+
+def _read_chunk(path: Path, files: int, size: int):
+    """What _decode_chunk returned for a chunk file an earlier build left, when it is whole and decoded `files`
+    files at `size`; None otherwise (it is decoded again)."""
+    if not path.is_file():
+        return None
+    try:
+        header, meta = read_header(path)
+        kept, skipped, upscaled = json.loads(meta["kept"]), json.loads(meta["skipped"]), int(meta["upscaled"])
+        ok = (int(meta["files"]) == files and header["images"]["dtype"] == "U8"
+              and header["images"]["shape"] == [len(kept), 3, size, size]
+              and all(isinstance(i, int) for i in kept) and kept == sorted(set(kept))
+              and len(kept) + len(skipped) == files and (not kept or 0 <= kept[0] <= kept[-1] < files))
+    except Exception:
+        return None
+    return (None, kept, skipped, upscaled) if ok else None
+
+
+def _worker_start() -> None:
+    # Ctrl+C reaches the whole process group: the parent stops the build, the workers finish their chunk quietly
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):  # and a parent killed outright (kill -9) takes its workers with it
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _decode_folder(root: Path, rels: list[str], size: int, workers: int, build: Path | None):
+    """Decode files in chunks of CHUNK_IMAGES, `workers` chunks at a time in worker processes.
+
+    With `build` (a folder) each chunk goes to a file there, and the chunks an interrupted build left are kept;
+    without, the chunks come back in memory. Returns (chunks in order: arrays or files, kept: indices into
+    rels, skipped, n_upscaled)."""
+    parts = [rels[i : i + CHUNK_IMAGES] for i in range(0, len(rels), CHUNK_IMAGES)]
+    files = [str(build / f"chunk-{k:06d}.safetensors") if build is not None else None for k in range(len(parts))]
+    done = {}
+    for k, f in enumerate(files):
+        if f is not None and (old := _read_chunk(Path(f), len(parts[k]), size)) is not None:
+            done[k] = old
+    todo = [k for k in range(len(parts)) if k not in done]
+    if done and todo:
+        log.note(f"resuming the decoding of {log.printable(str(root))}: {len(done)} of {len(parts)} chunks were done")
+    with log.progress(len(rels)) as bar:
+        task = bar.add_task(f"decoding {log.printable(str(root))}", total=len(rels), completed=sum(len(parts[k]) for k in done))
+        if workers > 1 and len(todo) > 1:
+            # fork where there is one: a worker starts in milliseconds and needs no import
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_start) as pool:
+                futures = {pool.submit(_decode_chunk, str(root), parts[k], size, files[k]): k for k in todo}
+                try:
+                    for fut in as_completed(futures):
+                        k = futures[fut]
+                        done[k] = fut.result()
+                        bar.advance(task, len(parts[k]))
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # the chunks being decoded are still written
+                    raise
+        else:
+            for k in todo:
+                done[k] = _decode_chunk(str(root), parts[k], size, files[k])
+                bar.advance(task, len(parts[k]))
+    chunks, kept, skipped, upscaled = [], [], [], 0
+    for k in range(len(parts)):
+        images, ck, cs, cu = done[k]
+        chunks.append(images if build is None else Path(files[k]))
+        kept += [k * CHUNK_IMAGES + i for i in ck]
+        skipped += cs
+        upscaled += cu
+    return chunks, kept, skipped, upscaled
 
 
 def _report(where: str, skipped: list[list[str]], upscaled: int, size: int) -> None:
@@ -361,7 +452,8 @@ def _read_cache(path: Path, key: str, image_size: int) -> tuple[ImageSet, list, 
         _, meta = read_header(path)
         if meta.get("format") != KIND_IMAGE_CACHE or meta.get("key") != key:
             return None  # stale (folder changed) or foreign: rebuild quietly
-        tensors, meta = load_tensors(path, KIND_IMAGE_CACHE)
+        meta = read_meta(path, KIND_IMAGE_CACHE)
+        tensors = map_tensors(path)  # read as training reads it: a set larger than memory is never loaded whole
         images = tensors["images"]
         n = images.shape[0]
         class_names = json.loads(meta["class_names"])
@@ -385,39 +477,87 @@ def _read_cache(path: Path, key: str, image_size: int) -> tuple[ImageSet, list, 
     except Exception:
         log.note(f"image cache {path} is unreadable; rebuilding it")
         return None
-    s = ImageSet(images=images, labels=labels, class_names=class_names, paths=paths, source=meta.get("source", ""))
+    s = ImageSet(images=images, labels=labels, class_names=class_names, paths=paths, source=meta.get("source", ""),
+                 sha256=meta.get("sha256", ""))
     return s, skipped, upscaled
 
 
 _cache_warned = False
 
 
-def _write_cache(path: Path, key: str, s: ImageSet, image_size: int, skipped: list, upscaled: int) -> None:
+def _warn_uncached(e: BaseException, where: Path) -> None:
     global _cache_warned
-    tensors = {"images": s.images}
-    if s.labels is not None:
-        tensors["labels"] = s.labels
-    meta = {
-        "key": key,
-        "source": s.source,
-        "image_size": image_size,
-        "class_names": s.class_names,
-        "paths": s.paths,
-        "skipped": skipped,
-        "upscaled": upscaled,
-    }
+    if not _cache_warned:  # a cache is an optimisation: never fail a load over it
+        _cache_warned = True
+        why = getattr(e, "strerror", None) or str(e)
+        log.warn(f"cannot write the image cache in {where} ({why}); continuing without caching "
+                 "(set VQGEN_CACHE to a writable folder)")
+
+
+def _build_dir(cache_file: Path, key: str) -> Path | None:
+    """The folder the chunks of `cache_file` are decoded into, cleared of another listing's chunks; None (after
+    one warning) when it cannot be written."""
+    build = cache_file.with_name(cache_file.stem + ".build")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(path, tensors, KIND_IMAGE_CACHE, meta)
-    except Exception as e:  # a cache is an optimisation: never fail a load over it
-        if not _cache_warned:
-            _cache_warned = True
-            why = getattr(e, "strerror", None) or str(e)
-            log.warn(f"cannot write the image cache in {path.parent} ({why}); continuing without caching "
-                     "(set VQGEN_CACHE to a writable folder)")
+        build.mkdir(parents=True, exist_ok=True)
+        keyfile = build / "key"
+        if not keyfile.is_file() or keyfile.read_text() != key:  # chunks of the folder as it was: useless now
+            for p in build.iterdir():
+                p.unlink()
+            keyfile.write_text(key)
+        for stale in build.glob(".*.tmp"):  # atomic_path temporaries a kill left
+            stale.unlink(missing_ok=True)
+    except OSError as e:
+        _warn_uncached(e, cache_file.parent)
+        return None
+    return build
 
 
-def _load_folder(folder: Path, spec: str, image_size: int, cache_dir: Path | None) -> ImageSet:
+def _assemble(path: Path, chunks: list[Path], n: int, size: int, labels: list[int] | None, meta: dict) -> None:
+    """Write the cache file of `n` images from its chunk files, one chunk in memory at a time, with the fingerprint
+    of its contents (vqgen.run.fingerprint(images, labels)) in its metadata; a safetensors file like save_tensors'."""
+    nbytes = n * 3 * size * size
+    header: dict = {"images": {"dtype": "U8", "shape": [n, 3, size, size], "data_offsets": [0, nbytes]}}
+    lab = None
+    if labels is not None:
+        lab = np.asarray(labels, dtype="<i8")
+        header["labels"] = {"dtype": "I64", "shape": [n], "data_offsets": [nbytes, nbytes + lab.nbytes]}
+
+    def head(sha: str) -> bytes:
+        md = file_metadata(KIND_IMAGE_CACHE, {**meta, "sha256": sha})
+        raw = json.dumps({**header, "__metadata__": md}, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the tensors start 8-byte aligned, as safetensors writes them
+        return struct.pack("<Q", len(raw)) + raw
+
+    fp = Fingerprint()
+    fp.tensor(torch.uint8, (n, 3, size, size))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(head("0" * 64))
+        for c in chunks:
+            images = map_tensors(c)["images"].numpy()  # (m, 3, S, S)
+            fp.update(images)
+            f.write(images)
+        if lab is not None:
+            fp.tensor(torch.int64, (n,))
+            fp.update(lab)
+            f.write(lab)
+        f.seek(0)
+        f.write(head(fp.hexdigest()))  # the same length: only the digest changed
+
+
+def _memory_set(chunks: list, kept: list[int], rels: list[str], labels, class_names: list[str], spec: str) -> ImageSet:
+    """The set in memory, from chunks decoded in memory or chunk files."""
+    images = [c if isinstance(c, np.ndarray) else map_tensors(c)["images"].numpy() for c in chunks]
+    return ImageSet(
+        images=torch.from_numpy(np.concatenate(images)),
+        labels=torch.tensor([labels[i] for i in kept], dtype=torch.int64) if labels is not None else None,
+        class_names=list(class_names),
+        paths=[rels[i] for i in kept],
+        source=spec,
+    )
+
+
+def _load_folder(folder: Path, spec: str, image_size: int, cache_dir: Path | None, workers: int) -> ImageSet:
     folder = folder.resolve()
     files, class_names, labels, ignored = _layout(folder)
     if ignored:
@@ -427,7 +567,8 @@ def _load_folder(folder: Path, spec: str, image_size: int, cache_dir: Path | Non
     if not files:
         raise DataError(f"{spec} is empty: put images in it (flat, or one subfolder per class)")
 
-    key = cache_file = None
+    rels = [r for r, _, _ in files]
+    build = None
     if cache_dir is not None:
         key = _cache_key(folder, image_size, files)
         cache_file = _cache_file(Path(cache_dir).expanduser(), folder, image_size)
@@ -437,28 +578,41 @@ def _load_folder(folder: Path, spec: str, image_size: int, cache_dir: Path | Non
             s.source = spec
             _report(spec, skipped, upscaled, image_size)
             return s
-
-    rels = [r for r, _, _ in files]
-    arr, kept, skipped, upscaled = _decode_many(folder, rels, image_size)
+        build = _build_dir(cache_file, key)
+    try:
+        chunks, kept, skipped, upscaled = _decode_folder(folder, rels, image_size, workers, build)
+    except (OSError, OutputError) as e:  # a chunk could not be written (disk full): decode in memory
+        if build is None:
+            raise
+        _warn_uncached(e, cache_file.parent)
+        build = None
+        chunks, kept, skipped, upscaled = _decode_folder(folder, rels, image_size, workers, None)
     _report(spec, skipped, upscaled, image_size)
     if not kept:
+        if build is not None:
+            shutil.rmtree(build, ignore_errors=True)
         raise DataError(f"no readable images in {spec} ({len(files)} files, none of them an image Pillow can open)")
-    s = ImageSet(
-        images=_nhwc_to_tensor(arr),
-        labels=torch.tensor([labels[i] for i in kept], dtype=torch.int64) if labels is not None else None,
-        class_names=list(class_names),
-        paths=[rels[i] for i in kept],
-        source=spec,
-    )
     if labels is not None:
-        present = set(s.labels.tolist())
+        present = {labels[i] for i in kept}
         empty = [c for k, c in enumerate(class_names) if k not in present]
         if empty:
             log.warn(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} in {spec} "
                      "hold no readable images (their labels are kept)")
-    if cache_dir is not None:
-        _write_cache(cache_file, key, s, image_size, skipped, upscaled)
-    return s
+    if build is not None:
+        meta = {"key": key, "source": spec, "image_size": image_size, "class_names": list(class_names),
+                "paths": [rels[i] for i in kept], "skipped": skipped, "upscaled": upscaled}
+        try:
+            kept_labels = [labels[i] for i in kept] if labels is not None else None
+            _assemble(cache_file, chunks, len(kept), image_size, kept_labels, meta)
+        except (OSError, OutputError) as e:
+            _warn_uncached(e, cache_file.parent)
+        else:
+            shutil.rmtree(build, ignore_errors=True)
+            hit = _read_cache(cache_file, key, image_size)
+            if hit is not None:
+                hit[0].source = spec
+                return hit[0]
+    return _memory_set(chunks, kept, rels, labels, class_names, spec)
 
 
 def _load_file(path: Path, spec: str, image_size: int) -> ImageSet:
@@ -487,11 +641,14 @@ def load_images(
     data_root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    workers: int | None = None,
 ) -> ImageSet:
     """Load `cifar10[:train|:test]`, a folder of images (class subfolders or flat) or one image file.
 
-    Folders are cached decoded in `cache_dir` (default: default_cache_dir()) unless use_cache is False."""
+    Folders are cached decoded in `cache_dir` (default: default_cache_dir()) unless use_cache is False, decoded by
+    `workers` processes (default: the usable cores); a cached folder's images are memory-mapped."""
     _check_size(image_size)
+    check_positive("workers", workers)
     spec = str(spec)
     path = spec_path(spec)
     if path is None:
@@ -502,7 +659,7 @@ def load_images(
         raise DataError(f"no such file or folder: {spec}")
     if path.is_dir():
         cdir = None if not use_cache else (Path(cache_dir) if cache_dir is not None else default_cache_dir())
-        return _load_folder(path, spec, image_size, cdir)
+        return _load_folder(path, spec, image_size, cdir, workers or usable_cores())
     if path.is_file():
         return _load_file(path, spec, image_size)
     raise DataError(f"{spec} is neither a file nor a folder")
@@ -514,6 +671,7 @@ def load_inputs(
     data_root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    workers: int | None = None,
 ) -> ImageSet:
     """Load several image files / folders / specs as one set, in the order given.
 
@@ -524,7 +682,7 @@ def load_inputs(
     if not inputs:
         raise DataError("no input images given")
     _check_size(image_size)
-    sets = [load_images(i, image_size, data_root, cache_dir, use_cache) for i in inputs]
+    sets = [load_images(i, image_size, data_root, cache_dir, use_cache, workers) for i in inputs]
     if len(sets) == 1:
         return sets[0]
     same_classes = all(s.labels is not None and s.class_names == sets[0].class_names for s in sets)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shlex
 import socket
@@ -322,14 +323,41 @@ def check_unchanged(given: dict, stored: dict) -> None:
                           "option, or start a new run with another {run_dir}")
 
 
-def fingerprint(*tensors: torch.Tensor | None) -> str:
-    """sha256 over tensors' contents: recorded with a run, so --resume can tell that its data changed."""
-    h = hashlib.sha256()
+FINGERPRINT_CHUNK = 1 << 26  # bytes hashed at a time: a memory-mapped set larger than memory is never copied whole
+
+
+class Fingerprint:
+    """fingerprint() fed piece by piece: each tensor's dtype and shape, then its bytes in order."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+
+    def tensor(self, dtype: torch.dtype, shape) -> None:
+        self._h.update(str((dtype, tuple(shape))).encode())
+
+    def update(self, data) -> None:
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def fingerprint(*tensors) -> str:
+    """sha256 over tensors' contents: recorded with a run, so --resume can tell that its data changed.
+
+    Anything with dtype, shape and row slicing will do (vqgen.stream.Rows): it is read a chunk of rows at a time."""
+    f = Fingerprint()
     for t in tensors:
-        if t is not None:
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+        if t is None:
+            continue
+        f.tensor(t.dtype, t.shape)
+        if len(t.shape) == 0:
+            t = t.reshape(1)
+        row_bytes = max(1, math.prod(t.shape[1:]) * t.dtype.itemsize)
+        step = max(1, FINGERPRINT_CHUNK // row_bytes)
+        for i in range(0, t.shape[0], step):
+            f.update(t[i : i + step].detach().cpu().contiguous().view(torch.uint8).numpy())
+    return f.hexdigest()
 
 
 def check_same_data(stored: dict, now: str, where: str, run_dir: str | os.PathLike) -> None:

@@ -138,13 +138,17 @@ class TensorBatches:
             self._perm = torch.randperm(self.n, generator=g).to(self.tensors[0].device)
         return self._perm
 
-    def __next__(self) -> tuple:
+    def _take(self) -> torch.Tensor:
+        """The indices of this rank's share of the next batch; moves the position past it."""
         if self.offset + self.batch_size > self.n:  # drop the ragged tail: every step sees a full batch
             self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
         idx = self._permutation()[self.offset : self.offset + self.batch_size]
         self.offset += self.batch_size
         share = self.batch_size // self.dist.world_size
-        idx = idx[self.dist.rank * share : (self.dist.rank + 1) * share]
+        return idx[self.dist.rank * share : (self.dist.rank + 1) * share]
+
+    def __next__(self) -> tuple:
+        idx = self._take()
         return tuple(t[idx] for t in self.tensors)
 
     def state_dict(self) -> dict:

@@ -23,6 +23,7 @@ from vqgen.metrics import RunningStats, code_usage, psnr_from_mse
 from vqgen.paths import check_outputs, out_file, out_folder, png_names, user_path
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, inference_amp, init_distributed, local_main_first
 from vqgen.search import SearchEncoder, check_search, check_search_options
+from vqgen.stream import DATA_ON_DEVICE, Rows, StreamBatches, place_data
 from vqgen.run import GRID_FILE, RunFolder, check_unchanged, fingerprint
 from vqgen.train import KeepBest, Trainer, TensorBatches, TrainConfig, check_training_options
 from vqgen.vqvae import (VQVAE, VQVAEConfig, VQVAEObjective, load_vqvae, open_vqvae, read_vqvae_config, save_vqvae,
@@ -88,6 +89,8 @@ def train_vqvae(
     init_from: str | None = None,
     threads: int | None = None,
     overwrite: bool = False,
+    data_on_device: str = "auto",
+    workers: int | None = None,
 ) -> dict:
     """Train (or resume) a VQ-VAE in run_dir, from scratch or grown from the weights `init_from`; returns the
     held-out summary. A new run refuses a folder holding an earlier run's files unless `overwrite`.
@@ -95,7 +98,8 @@ def train_vqvae(
     `model` is a whole VQVAEConfig or a dict of the model options given (None = not given); the others come
     from `init_from`, from the run when resuming, else from VQVAEConfig(). On resume, `data` (None = where the
     run read it) may point to a new place, but its contents must be the run's; options that would change the
-    model or the held-out split are refused rather than ignored."""
+    model or the held-out split are refused rather than ignored. The training split is held on the device or
+    streamed from the (memory-mapped) image cache as `data_on_device` says (vqgen.stream.place_data)."""
     run = RunFolder(run_dir, "vqvae")
     overrides = asdict(train) if isinstance(train, TrainConfig) else dict(train)
     given = asdict(model) if isinstance(model, VQVAEConfig) else {k: v for k, v in model.items() if v is not None}
@@ -104,6 +108,8 @@ def train_vqvae(
     check_positive("threads", threads)
     check_fraction("val_fraction", val_fraction)
     check_at_least("shift", shift, 0)
+    check_choice("data_on_device", data_on_device, DATA_ON_DEVICE)
+    check_positive("workers", workers)
     if data is None and not resume:
         raise OptionError("{data} is required (unless {resume=True})", "data")
     with run.begin(resume, init_from, overwrite=overwrite, inputs={"data": spec_path(data)}):
@@ -134,16 +140,17 @@ def train_vqvae(
         torch.manual_seed(train_cfg.seed)
 
         with local_main_first(dist):  # under torchrun one process per machine downloads / caches, then the rest read
-            images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir)
+            images = load_images(data, model_cfg.image_size, data_root=data_root, cache_dir=cache_dir,
+                                 workers=workers)
         if len(images.images) < 2:
             raise DataError(f"{data} holds {len(images.images)} image; at least 2 are needed (one is held out)")
-        data_sha = fingerprint(images.images, images.labels)
+        data_sha = images.sha256 or fingerprint(images.images, images.labels)
         run.check_same_data(data_sha, data)
         tr, va = split_indices(len(images.images), val_fraction, SPLIT_SEED)
         if epochs is not None:
             train_cfg.train_for_epochs(epochs, len(tr))
-        train_images = images.images[tr].to(dev)
-        val_images = images.images[va]
+        placement = place_data(data_on_device, len(tr) * images.images[0].numel(), dev)
+        val_images = Rows(images.images, va).load()
         fixed = val_images[:32]
 
         model = VQVAE(model_cfg)
@@ -170,11 +177,15 @@ def train_vqvae(
         speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, channels_last=channels_last,
                              threads=threads, dist=dist)
         train_cfg.amp = speed.amp
-        log.note(f"computing in {speed.describe()}")
+        log.note(f"computing in {speed.describe()}; {placement.describe()}")
         if speed.channels_last:
             model = model.to(memory_format=torch.channels_last)
         objective = VQVAEObjective(model, flip=flip, shift=shift)
-        batches = TensorBatches((train_images,), train_cfg.batch_size, train_cfg.seed, dist)
+        if placement.on_device:
+            batches = TensorBatches((Rows(images.images, tr).load().to(dev),), train_cfg.batch_size,
+                                    train_cfg.seed, dist)
+        else:
+            batches = StreamBatches((Rows(images.images, tr),), train_cfg.batch_size, train_cfg.seed, dev, dist)
 
         def export() -> None:
             save_vqvae(model, run.weights)
@@ -186,6 +197,7 @@ def train_vqvae(
             "data": {"spec": _absolute(images.source), "sha256": data_sha, "val_fraction": val_fraction,
                      "split_seed": SPLIT_SEED, "flip": flip, "shift": shift, "num_train": len(tr),
                      "num_val": len(va)},
+            **placement.record(),
         }
         if start is not None:
             run_meta["init_from"] = {"path": str(user_path(init_from)), "sha256": start_sha}
@@ -297,7 +309,7 @@ def reconstruct(vqvae: str | None, inputs: list[str], out: str | Path, *, device
 def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train", val_fraction: float = 0.02,
            device: str = "auto", batch_size: int = 500, data_root: str | None = None,
            cache_dir: str | None = None, flip: bool = False, shift: int = 0, shift_copies: int = 1, seed: int = 0,
-           search: int = 0, search_sweeps: int = 1, amp: bool | None = None) -> dict:
+           search: int = 0, search_sweeps: int = 1, amp: bool | None = None, workers: int | None = None) -> dict:
     """Encode a data set (or its seeded train/val split) into an index-grid file.
 
     With `flip`, the grids of the images mirrored left-right follow those of the images (twice the grids, labels
@@ -312,6 +324,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     check_positive("batch_size", batch_size)
     check_search_options(search, search_sweeps)
     check_at_least("shift", shift, 0)
+    check_positive("workers", workers)
     side = 2 * shift + 1
     if shift_copies != 1 and not shift:
         raise OptionError("{shift_copies} counts translated copies; give {shift} N (N > 0) with it", "shift_copies")
@@ -326,7 +339,7 @@ def encode(vqvae: str | None, data: str, out: str | Path, *, split: str = "train
     model, sha, path = open_vqvae(vqvae, device)
     check_search(model, search)
     _check_shift(shift, model.config.image_size)
-    images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir)
+    images = load_images(data, model.config.image_size, data_root=data_root, cache_dir=cache_dir, workers=workers)
     idx = select_split(len(images), split, val_fraction, data)
     picked = images.images[idx]
     labels = images.labels[idx] if images.labels is not None else None

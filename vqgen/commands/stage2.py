@@ -16,12 +16,13 @@ from vqgen.checkpoint import config_from_meta, file_sha256
 from vqgen.build import check_size
 from vqgen.codes import read_codes, relabel
 from vqgen.data import SPLIT_SEED, split_indices
-from vqgen.errors import CodesError, ConfigError, OptionError, check_fraction, check_positive
+from vqgen.errors import CodesError, ConfigError, OptionError, check_choice, check_fraction, check_positive
 from vqgen.metrics import LN2, code_usage
 from vqgen.paths import user_path
 from vqgen.prior_file import INIT_FREE_FIELDS, load_prior_tensors, parse_prior_options, save_prior, start_from
 from vqgen.runtime import PROBE_BATCH, autocast, choose_speed, init_distributed
 from vqgen.run import RunFolder, check_unchanged, fingerprint
+from vqgen.stream import DATA_ON_DEVICE, Rows, StreamBatches, place_data
 from vqgen.train import KeepBest, Trainer, TensorBatches, check_training_options
 
 DEFAULT_LABEL_DROPOUT = 0.1  # Ho & Salimans' range (0.1-0.2); guidance then needs no second network
@@ -111,18 +112,21 @@ def train_prior(
     label_dropout: float | None = None,
     init_from: str | None = None,
     overwrite: bool = False,
+    data_on_device: str = "auto",
 ) -> dict:
     """Fit (or resume) a prior on an index-grid file; returns the held-out summary.
 
     None means "not given": the default for a new run, the run's own value on resume. On resume the code files
     may be given again (say, moved), but their contents must be the run's; a different prior, prior option,
-    conditioning or held-out split is refused rather than ignored."""
+    conditioning or held-out split is refused rather than ignored. The training grids are held on the device or
+    streamed from the memory-mapped file as `data_on_device` says (vqgen.stream.place_data)."""
     run = RunFolder(run_dir, "prior")
     overrides = dict(train)
     check_training_options(overrides, epochs)
     check_positive("threads", threads)
     check_fraction("val_fraction", val_fraction)
     check_fraction("label_dropout", label_dropout, low_open=False)
+    check_choice("data_on_device", data_on_device, DATA_ON_DEVICE)
     if codes_path is None and not resume:
         raise OptionError("{codes_path} is required (unless {resume=True})", "codes_path")
     with run.begin(resume, init_from, overwrite=overwrite, inputs={"codes_path": codes_path, "val_codes": val_codes}):
@@ -162,7 +166,7 @@ def train_prior(
         train_cfg = run.train_config(overrides)
         _, threads = run.speed_settings(None, threads)
         cls = get_prior(prior_name)
-        cs = read_codes(codes_path)
+        cs = read_codes(codes_path, mapped=True)  # the training grids are read as they are used, never all at once
         if class_conditional and cs.labels is None:
             raise ConfigError(f"{codes_path} has no labels, so a class-conditional prior cannot be trained; "
                               "pass {class_conditional=False}")
@@ -183,14 +187,16 @@ def train_prior(
                                      f"of {codes_path}); encode the held-out images with their classes, or pass "
                                      "{class_conditional=False}")
                 va_labels = relabel(vs.labels, vs.class_names, cs.class_names, str(val_codes), str(codes_path))
-            tr_codes, tr_labels, va_codes = cs.codes, cs.labels, vs.codes
+            tr_codes = Rows(cs.codes, dtype=torch.long)
+            tr_labels = Rows(cs.labels) if cs.labels is not None else None
+            va_codes = vs.codes
         else:
             if len(cs) < 2:
                 raise CodesError(f"{codes_path} holds {len(cs)} grid; at least 2 are needed (one is held out)")
             tr, va = split_indices(len(cs), val_fraction, SPLIT_SEED)
             lab = cs.labels
-            tr_codes, va_codes = cs.codes[tr], cs.codes[va]
-            tr_labels, va_labels = (lab[tr], lab[va]) if lab is not None else (None, None)
+            tr_codes, va_codes = Rows(cs.codes, tr, torch.long), cs.codes[va].long()
+            tr_labels, va_labels = (Rows(lab, tr), lab[va]) if lab is not None else (None, None)
         if not conditional:
             tr_labels = va_labels = None
         codes_sha = fingerprint(tr_codes, tr_labels, va_codes, va_labels)
@@ -238,12 +244,17 @@ def train_prior(
         speed = choose_speed(dev, workload, probe_step, amp=train_cfg.amp, threads=threads, memory_format_matters=False,
                              dist=dist)
         train_cfg.amp = speed.amp
-        log.note(f"computing in {speed.describe()}")
+        on_device_bytes = len(tr_codes) * (cs.height * cs.width + (tr_labels is not None)) * 8  # int64 codes, labels
+        placement = place_data(data_on_device, on_device_bytes, dev)
+        log.note(f"computing in {speed.describe()}; {placement.describe()}")
         if cls.likelihood != "exact":  # say what the figure is whenever it is not the bits per code the others report
             log.note(f"held-out figure: {HELD_OUT_FIGURE[cls.likelihood]}, {FIGURE_MEANING[cls.likelihood]}; the best "
                      "weights are kept by it")
-        batches = TensorBatches((tr_codes.to(dev), tr_labels.to(dev) if tr_labels is not None else None),
-                                train_cfg.batch_size, train_cfg.seed, dist)
+        if placement.on_device:
+            batches = TensorBatches(tuple(t.load().to(dev) for t in (tr_codes, tr_labels) if t is not None),
+                                    train_cfg.batch_size, train_cfg.seed, dist)
+        else:
+            batches = StreamBatches((tr_codes, tr_labels), train_cfg.batch_size, train_cfg.seed, dev, dist)
         class_names = list(cs.class_names) if conditional else []
 
         run_meta = {
@@ -252,6 +263,7 @@ def train_prior(
                      "val_codes": str(user_path(val_codes).resolve()) if val_codes else None,
                      "sha256": codes_sha, "val_fraction": val_fraction, "split_seed": SPLIT_SEED, "num_train": int(tr_codes.shape[0]),
                      "num_val": int(va_codes.shape[0])},
+            **placement.record(),
         }
         if init_from is not None:
             run_meta["init_from"] = {"path": str(user_path(init_from)), "sha256": file_sha256(init_from)}
@@ -268,6 +280,14 @@ def train_prior(
         summary = trainer.fit(resume=run.resuming)
         summary.update({"steps": trainer.step, "prior": prior_name, "likelihood": cls.likelihood,
                         "class_conditional": conditional,
-                        "unigram_entropy_bits": code_usage(tr_codes, cs.num_codes)["unigram_entropy_bits"],
+                        "unigram_entropy_bits": _unigram_entropy_bits(tr_codes, cs.num_codes),
                         "weights": str(run.weights)})
         return summary
+
+
+def _unigram_entropy_bits(codes: Rows, num_codes: int) -> float:
+    """The entropy of the codes' histogram, counted a chunk of grids at a time."""
+    hist = torch.zeros(num_codes, dtype=torch.long)
+    for chunk in codes.chunks(1 << 16):
+        hist += torch.bincount(chunk.flatten(), minlength=num_codes)
+    return code_usage(hist, num_codes, counts=True)["unigram_entropy_bits"]
