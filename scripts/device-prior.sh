@@ -3,9 +3,9 @@
 # with the shipped VQ-VAE, train a class-conditional PixelCNN with a null class for a wall-time budget, measure its
 # samples, and return the prior, its metrics and the sample-quality figures under $OUT.
 #
-# Same set-up as scripts/device-train.sh (vqgen runs from the source tree; the data travels as a carried,
-# git-ignored .data folder), then one call of the tool's `run`:
-#   command: bash scripts/device-prior.sh      carry: [".data"]      timeout_s: 590
+# Same set-up as scripts/device-train.sh (vqgen runs from the source tree; the data is copied along as the
+# git-ignored .data folder), then on the GPU machine, within a 10-minute limit:
+#   OUT=<folder to bring back> bash scripts/device-prior.sh
 # The prior is fresh (SIZE may be larger than the shipped one's), trained on the 8x grids of
 # `encode --flip --shift 2 --shift-copies 3`; --steps is sized by a short probe so the cosine schedule ends inside
 # TRAIN_SECONDS. The sample figures use bench/sample_quality.py: `--reference train` over guidance weights (for

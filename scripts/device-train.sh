@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One prepared GPU job for a session lent a device machine (the workplace's `device` tool): train a VQ-VAE on the
-# CIFAR-10 training images for a wall-time budget and return its weights and metrics under $OUT.
+# One prepared job for a GPU machine that is lent for a few minutes: train a VQ-VAE on the CIFAR-10 training
+# images for a wall-time budget and return its weights and metrics under $OUT.
 #
-# The device machine has torch, torchvision, typer, rich, pillow, safetensors and einops but no network, so vqgen
-# runs from the source tree (PYTHONPATH) and the data travels as a carried, git-ignored folder. Here, once:
+# The GPU machine is assumed to have torch, torchvision, typer, rich, pillow, safetensors and einops but no
+# network, so vqgen runs from the source tree (PYTHONPATH) and the data is copied there with the checkout as a
+# git-ignored folder. Here, once:
 #   mkdir -p .data && cp ../shared/data/cifar10-train-jpeg.tar.gz .data/ && echo /.data/ >> .git/info/exclude
-# then one call of the tool's `run`:
-#   command: bash scripts/device-train.sh      carry: [".data"]      timeout_s: 590
+# then, on the GPU machine, in the copied checkout (with .data), within a 10-minute limit:
+#   OUT=<folder to bring back> bash scripts/device-train.sh
 # It measures throughput with a short run, sizes --steps so the cosine schedule ends inside TRAIN_SECONDS, trains,
 # and copies vqvae.safetensors (last), best.safetensors (best held-out PSNR), metrics.jsonl and summary.json to
 # $OUT. If the run still overruns, `timeout` sends SIGTERM after HARD_STOP seconds: vqgen checkpoints and stops, and best.safetensors
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that receives the weights}
 DEVICE=${DEVICE:-cuda}
 TRAIN_SECONDS=${TRAIN_SECONDS:-360}  # the main run's budget; the probe, data loading and copies need the rest
-HARD_STOP=${HARD_STOP:-$((TRAIN_SECONDS + 90))}  # SIGTERM after this many seconds, well inside the tool's limit
+HARD_STOP=${HARD_STOP:-$((TRAIN_SECONDS + 90))}  # SIGTERM after this many seconds, well inside a 10-minute limit
 PROBE_STEPS=${PROBE_STEPS:-300}
 STEPS=${STEPS:-}  # set to skip the probe and train exactly this many steps
 BATCH=${BATCH:-256}
