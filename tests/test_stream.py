@@ -243,9 +243,9 @@ def test_a_cache_built_by_two_workers_equals_one_built_by_one(chunked, messy_fol
     assert torch.equal(tensors["images"], plain.images) and json.loads(meta["skipped"])[0][0] == "cats/zz.png"
 
 
-def test_an_interrupted_build_resumes_where_it_stopped(chunked, messy_folder, tmp_path, monkeypatch):
-    ref = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "ref", workers=1)
-    real, decoded = chunked._decode, []
+def _interrupt_a_build(chunked, folder, cache, monkeypatch, decoded: list) -> None:
+    """Build folder's cache in cache, stopped by Ctrl+C in its third chunk (after 12 files); `decoded` gets them."""
+    real = chunked._decode
 
     def stop_in_the_third_chunk(path, size):
         if len(decoded) == 12:
@@ -255,7 +255,14 @@ def test_an_interrupted_build_resumes_where_it_stopped(chunked, messy_folder, tm
 
     monkeypatch.setattr(chunked, "_decode", stop_in_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
-        chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c", workers=1)
+        chunked.load_images(str(folder), 16, cache_dir=cache, workers=1)
+    monkeypatch.setattr(chunked, "_decode", real)
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(chunked, messy_folder, tmp_path, monkeypatch):
+    ref = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "ref", workers=1)
+    real, decoded = chunked._decode, []
+    _interrupt_a_build(chunked, messy_folder, tmp_path / "c", monkeypatch, decoded)
     (build,) = (tmp_path / "c").glob("*.build")
     assert len(list(build.glob("chunk-*.safetensors"))) == 2 and not list((tmp_path / "c").glob("*.safetensors"))
 
@@ -268,18 +275,8 @@ def test_an_interrupted_build_resumes_where_it_stopped(chunked, messy_folder, tm
 
 
 def test_chunks_of_a_changed_folder_are_not_reused(chunked, messy_folder, tmp_path, monkeypatch):
-    real, decoded = chunked._decode, []
-
-    def stop_in_the_third_chunk(path, size):
-        if len(decoded) == 12:
-            raise KeyboardInterrupt
-        decoded.append(path)
-        return real(path, size)
-
-    monkeypatch.setattr(chunked, "_decode", stop_in_the_third_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c", workers=1)
-    monkeypatch.setattr(chunked, "_decode", real)
+    decoded = []
+    _interrupt_a_build(chunked, messy_folder, tmp_path / "c", monkeypatch, decoded)
     make_images(messy_folder, classes=("cats",), per_class=12, seed=1)  # the cats of the done chunks redrawn
     s = chunked.load_images(str(messy_folder), 16, cache_dir=tmp_path / "c", workers=1)
     plain = chunked.load_images(str(messy_folder), 16, use_cache=False, workers=1)
