@@ -2,7 +2,7 @@
 # One prepared job for a GPU machine that is lent for a few minutes: train a VQ-VAE on the CIFAR-10 training
 # images for a wall-time budget and return its weights and metrics under $OUT.
 #
-# The GPU machine is assumed to have torch, torchvision, typer, rich, pillow, safetensors and einops but no
+# The GPU machine is assumed to have torch, torchvision, typer, rich, pillow and safetensors but no
 # network, so vqgen runs from the source tree (PYTHONPATH) and the data is copied there with the checkout as a
 # git-ignored folder. Here, once:
 #   mkdir -p .data && cp ../shared/data/cifar10-train-jpeg.tar.gz .data/ && echo /.data/ >> .git/info/exclude

@@ -26,7 +26,7 @@ RECIPE = REPO / "scripts" / "train-default.sh"
 
 def _run_recipe(tree: Path, data: Path, runs: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "GROWN_LEGS": "2",
-           "PRIOR_LEGS": "2 3", "FINETUNE_LEGS": "2", "VQ_ARGS": shlex.join(TINY_VQVAE_ARGS),
+           "PRIOR_LEGS": "2 3", "FINETUNE_LEGS": "1 2", "VQ_ARGS": shlex.join(TINY_VQVAE_ARGS),
            "GROWN_ARGS": "--hidden 24 --res-blocks 2 --res-channels 8", "PRIOR_ARGS": shlex.join(TINY_PRIOR),
            "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(["bash", str(tree / "scripts" / "train-default.sh")], env=env, capture_output=True,
@@ -48,7 +48,7 @@ def test_recipe_defaults_are_the_default_network_grown_with_512_codes():
 
 
 @pytest.mark.slow
-def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
+def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes_legs(tmp_path):
     tree = tmp_path / "tree"
     (tree / "scripts").mkdir(parents=True)
     (tree / "vqgen" / "weights").mkdir(parents=True)
@@ -67,13 +67,8 @@ def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes(tmp_path):
     assert json.loads(read_header(runs / "prior" / "prior.safetensors")[1]["config"])["label_dropout"] == 0
     figures = json.loads((runs / "evaluate-val.json").read_text())
     assert figures["vqvae"].endswith("vqgen/weights/vqvae.safetensors") and figures["codes_used"] >= 1
-    events = [json.loads(x).get("event") for x in (runs / "vq" / "metrics.jsonl").read_text().splitlines()]
-    assert events.count("resume") == 1  # leg 2 of the default VQ-VAE continued leg 1
-
-    # run again: every stage is already at its last leg, so it only re-evaluates and copies the same files
-    before = vq.read_bytes(), prior.read_bytes()
-    res = _run_recipe(tree, data, runs)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert (vq.read_bytes(), prior.read_bytes()) == before
-    for stage in ("vq", "vq-grown", "prior", "prior-cfg"):
+    for stage in ("vq", "prior", "prior-cfg"):  # each stage's second leg continued its first
+        events = [json.loads(x).get("event") for x in (runs / stage / "metrics.jsonl").read_text().splitlines()]
+        assert events.count("resume") == 1, stage
         assert f"resuming {runs / stage} at step" in res.stderr
+    # a re-run passes legs already trained: tests/test_resume.py shows such a leg keeps the files as they are

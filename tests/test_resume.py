@@ -225,6 +225,21 @@ def test_prior_resume_after_clean_stop_is_bit_exact(codes, tmp_path, prior, opts
     _assert_same_run(tmp_path / "full", tmp_path / "part", "prior.safetensors")
 
 
+def test_resuming_a_finished_run_at_its_step_count_trains_nothing(codes, tmp_path):
+    """How scripts/train-default.sh re-runs a leg the run has passed: the same files, no optimiser step."""
+    run = tmp_path / "run"
+    ok(invoke("train-prior", "--codes", codes, *TINY_PRIOR, "--batch-size", "8", "--steps", "6",
+              "--val-fraction", "0.25", "--out", run))
+    before = {name: (run / name).read_bytes() for name in ("prior.safetensors", "best.safetensors",
+                                                          "checkpoint.safetensors")}
+    steps_before = _metric_step(run)
+    res = invoke("train-prior", "--out", run, "--resume", "--steps", "6")
+    ok(res)
+    assert f"resuming {run} at step 6" in res.output
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert _metric_step(run) == steps_before == 6
+
+
 def test_prior_ctrl_c_then_resume_is_bit_exact(codes, tmp_path, monkeypatch):
     """A real SIGINT to this process in the middle of train-prior (the trainer's handler takes it)."""
     import vqgen.train as train

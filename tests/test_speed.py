@@ -138,26 +138,31 @@ def test_forcing_precision_overrides_auto(cli, tmp_path):
         assert rec["speed"]["amp"] is amp and rec["train"]["amp"] is amp and "precision given" in rec["speed"]["how"]
 
 @pytest.mark.slow
-def test_sample_never_imports_torchvision(trained_vqvae, tmp_path, cli):
+def test_quick_commands_never_import_torchvision_or_the_compiler(trained_vqvae, tmp_path, cli):
+    """sample, reconstruct, encode, evaluate and priors start without torchvision (~4 s) and without torch._dynamo
+    and sympy (~1-2 s, which ops on the meta device pull in while a model's size is checked): one process runs all
+    five, as the installed CLI would one by one, and reports what each added."""
     codes = tmp_path / "c.safetensors"
     vq = trained_vqvae["run"] / "vqvae.safetensors"
     cli("encode", "--vqvae", vq, "--data", trained_vqvae["data"], "--split", "all", "--out", codes)
     cli("train-prior", "--codes", codes, "--out", tmp_path / "p", "--steps", "2", "--batch-size", "8",
         "-o", "channels=8", "-o", "layers=3")
-    script = ("import sys; from vqgen.cli import app\n"
-              "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-              "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision')\n"
-              "print(json.dumps(bad))" )
-    for args in (["sample", "--prior", tmp_path / "p" / "prior.safetensors", "--vqvae", vq, "--n", "4",
-                  "--out", tmp_path / "s.png"],
-                 ["reconstruct", "--vqvae", vq, trained_vqvae["data"], "--out", tmp_path / "r.png"],
-                 ["encode", "--vqvae", vq, "--data", trained_vqvae["data"], "--out", tmp_path / "e.safetensors"],
-                 ["evaluate", "--vqvae", vq, "--data", trained_vqvae["data"]],
-                 ["priors"]):
-        out = subprocess.run([sys.executable, "-c", "import json\n" + script, *map(str, args)], capture_output=True,
-                             text=True, env={**__import__("os").environ, "VQGEN_QUIET": "1"})
-        assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout.strip().splitlines()[-1]) == [], f"{args[0]} imported torchvision"
+    commands = [["sample", "--prior", tmp_path / "p" / "prior.safetensors", "--vqvae", vq, "--n", "4",
+                 "--out", tmp_path / "s.png"],
+                ["reconstruct", "--vqvae", vq, trained_vqvae["data"], "--out", tmp_path / "r.png"],
+                ["encode", "--vqvae", vq, "--data", trained_vqvae["data"], "--out", tmp_path / "e.safetensors"],
+                ["evaluate", "--vqvae", vq, "--data", trained_vqvae["data"]],
+                ["priors"]]
+    script = ("import json, sys\nfrom vqgen.cli import app\nheavy = ('torchvision', 'sympy', 'torch._dynamo')\n"
+              "for args in json.loads(sys.argv[1]):\n"
+              "    try:\n        app(args)\n    except SystemExit as e:\n        assert not e.code, (args[0], e.code)\n"
+              "    bad = sorted(m for m in sys.modules if m in heavy or m.startswith('torchvision.'))\n"
+              "    print(json.dumps([args[0], bad]))\n")
+    out = subprocess.run([sys.executable, "-c", script, json.dumps([[str(a) for a in c] for c in commands])],
+                         capture_output=True, text=True, env={**__import__("os").environ, "VQGEN_QUIET": "1"})
+    assert out.returncode == 0, out.stderr
+    reports = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('["')]
+    assert reports == [[c[0], []] for c in commands]
 
 
 @pytest.mark.parametrize("n,nrow", [(5, 2), (64, 8), (7, 3), (3, 10), (80, 8)])

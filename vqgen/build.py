@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch.nn.modules import module as _module
+from torch.overrides import TorchFunctionMode
 
 from vqgen.errors import CheckpointError, OptionError, VqgenError
 
@@ -25,6 +26,40 @@ MAX_TENSORS = 10_000  # the default VQ-VAE has 40, a 100-layer transformer ~1,20
 
 class _TooLarge(Exception):
     pass
+
+
+# A meta tensor holds no values, yet many ops on one (nn.Embedding's normal_, torch.randn, a division) run through
+# torch's Python reference ops, whose first calls import torch._dynamo and sympy: ~1-2 s of every command's start.
+# A model's build needs only its tensors' shapes, so _ShapesOnly answers those ops itself: initialisers leave the
+# tensor as it is, random tensors are empty ones, and elementwise arithmetic on tensors of one shape (or a tensor
+# and numbers) gives an empty tensor of that shape. Any other op runs as torch would run it.
+_INITIALISERS = frozenset({"normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                           "xavier_uniform_", "xavier_normal_", "orthogonal_", "constant_", "zeros_", "ones_",
+                           "fill_", "zero_", "copy_"})
+_ELEMENTWISE = frozenset({"clone", "detach", "contiguous", "neg", "abs", "sqrt", "exp", "log", "div", "mul",
+                          "add", "sub", "pow", "__neg__", "__truediv__", "__rtruediv__", "__mul__", "__rmul__",
+                          "__add__", "__radd__", "__sub__", "__rsub__", "__pow__"})
+
+
+class _ShapesOnly(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _INITIALISERS:
+            tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes it by keyword
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        elif name in ("randn", "rand") and set(kwargs) <= {"dtype", "device"} and \
+                kwargs.get("device") in (None, "meta"):  # None: the meta device planned() builds under
+            return torch.empty(*args, dtype=kwargs.get("dtype"), device="meta")
+        elif name in _ELEMENTWISE and not kwargs and args:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            first = tensors[0] if tensors else None
+            if first is not None and all(t.is_meta and t.shape == first.shape for t in tensors) and \
+                    all(isinstance(a, (torch.Tensor, int, float, bool)) for a in args):
+                dtype = torch.result_type(*args[:2]) if len(args) > 1 else first.dtype
+                return torch.empty(first.shape, dtype=dtype, device="meta")
+        return func(*args, **kwargs)
 
 
 def planned(factory: Callable[[], nn.Module]) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
@@ -44,7 +79,7 @@ def planned(factory: Callable[[], nn.Module]) -> dict[str, tuple[tuple[int, ...]
     hooks = [_module.register_module_parameter_registration_hook(seen),
              _module.register_module_buffer_registration_hook(seen)]
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _ShapesOnly():
             model = factory()
     except (_TooLarge, VqgenError):
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from einops import rearrange
 
 from vqgen.checkpoint import atomic_path
 
@@ -26,7 +25,8 @@ def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor
     rows = -(-n // cols)
     blank = torch.full((rows * cols - n, c, h, w), 255, dtype=torch.uint8)
     cells = torch.nn.functional.pad(torch.cat([x, blank]), (pad, 0, pad, 0), value=255)  # (rows*cols, c, h+pad, w+pad)
-    grid = rearrange(cells, "(r k) c h w -> c (r h) (k w)", r=rows, k=cols)
+    hp, wp = h + pad, w + pad
+    grid = cells.view(rows, cols, c, hp, wp).permute(2, 0, 3, 1, 4).reshape(c, rows * hp, cols * wp)
     return torch.nn.functional.pad(grid, (0, pad, 0, pad), value=255)
 
 

@@ -9,7 +9,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 
 USAGE_DECAY = 0.9
@@ -92,14 +91,14 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for an index grid: (b, h, w) -> (b, D, h, w)."""
-        return rearrange(F.embedding(indices, self.embedding.float()), "b h w d -> b d h w")
+        return F.embedding(indices, self.embedding.float()).permute(0, 3, 1, 2)  # (b, h, w, D) -> (b, D, h, w)
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         b, _, h, w = z_e.shape
         with torch.autocast(z_e.device.type, enabled=False):
             z = z_e.float()
-            flat = rearrange(z, "b d h w -> (b h w) d")  # (b, D, h, w) -> (b*h*w, D)
+            flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (b, D, h, w) -> (b*h*w, D)
             if self.training and not bool(self.initialized):
                 self._init_from(flat.detach())
             idx = self.nearest(flat.detach())  # (b*h*w,)
@@ -121,7 +120,7 @@ class VectorQuantizer(nn.Module):
                 z_q = z_q.detach() + (moved - moved.detach())  # value: exactly the code; gradient: the rotation's
             else:
                 z_q = flat + (z_q - flat).detach()  # straight-through: the decoder's gradient goes to z_e
-            z_q = rearrange(z_q, "(b h w) d -> b d h w", b=b, h=h, w=w)
+            z_q = z_q.view(b, h, w, -1).permute(0, 3, 1, 2)  # (b*h*w, D) -> (b, D, h, w)
         return QuantizerOutput(z_q, idx.view(b, h, w), loss, commitment, counts)
 
     # -- codebook maintenance (all under no_grad; identical on every rank) -----------------------------
