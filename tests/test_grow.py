@@ -31,10 +31,12 @@ def _trained_like(cfg: VQVAEConfig) -> VQVAE:
     dict(res_blocks=3),
     dict(res_channels=12),
     dict(hidden=32, res_blocks=2, res_channels=16, beta=0.5),
+    dict(num_codes=40),  # a larger codebook, not a multiple of the old one
+    dict(num_codes=32, quantizer="vq"),
 ])
 def test_grown_model_computes_the_same_function(grown):
-    small = _trained_like(SMALL)
-    big = VQVAE(VQVAEConfig(**{**SMALL.to_dict(), **grown}))
+    small = _trained_like(VQVAEConfig(**{**SMALL.to_dict(), "quantizer": grown.get("quantizer", "ema")}))
+    big = VQVAE(VQVAEConfig(**{**small.config.to_dict(), **grown}))
     grow_into(big, small)
     big.eval()
     x = torch.rand(4, 3, 16, 16)
@@ -42,8 +44,25 @@ def test_grown_model_computes_the_same_function(grown):
     codes = small.encode(x)
     assert torch.equal(big.encode(x), codes)
     torch.testing.assert_close(big.decode(codes), small.decode(codes), rtol=0, atol=1e-5)
-    torch.testing.assert_close(big.quantizer.embedding, small.quantizer.embedding, rtol=0, atol=0)
+    k = small.config.num_codes
+    torch.testing.assert_close(big.quantizer.embedding[:k], small.quantizer.embedding, rtol=0, atol=0)
     assert bool(big.quantizer.initialized)
+
+
+def test_grown_codebook_puts_its_new_codes_on_encoder_outputs_at_the_first_step():
+    small = _trained_like(SMALL)
+    big = VQVAE(VQVAEConfig(**{**SMALL.to_dict(), "num_codes": 48}))
+    grow_into(big, small)
+    big.train()
+    x = torch.rand(8, 3, 16, 16)
+    with torch.no_grad():
+        z_e = big.encoder(x)
+        big.quantizer(z_e)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, SMALL.code_dim)
+    new = big.quantizer.embedding[16:]  # (32, D): each new code now sits on one of this batch's vectors
+    assert (new[:, None] - flat[None]).abs().amax(-1).min(1).values.max() == 0  # exact copies of outputs
+    assert len({tuple(r.tolist()) for r in new}) == 32  # on different ones
+    assert torch.all(big.quantizer.usage > 0)
 
 
 def test_grown_model_can_learn_with_its_new_channels():
@@ -60,7 +79,7 @@ def test_grown_model_can_learn_with_its_new_channels():
 
 
 @pytest.mark.parametrize("bad, phrase", [
-    (dict(num_codes=32), "num_codes"),  # the library names fields; the CLI spells them as flags
+    (dict(num_codes=8), "num_codes"),  # the library names fields; the CLI spells them as flags
     (dict(code_dim=4), "code_dim"),
     (dict(hidden=8), "shrink"),
     (dict(quantizer="vq"), "quantizer"),
@@ -74,11 +93,12 @@ def test_cli_init_from_grows_and_inherits_the_rest(cli, trained_vqvae, tmp_path)
     src = trained_vqvae["run"] / "vqvae.safetensors"
     run = tmp_path / "grown"
     res = cli("train-vqvae", "--data", trained_vqvae["data"], "--out", run, "--init-from", src, "--hidden", "24",
-              "--steps", "1", "--lr", "1e-9", "--batch-size", "8", "--json")
+              "--codebook-size", "32", "--steps", "1", "--lr", "1e-9", "--batch-size", "8", "--json")
     summary = json.loads(res.stdout)
     small, _ = load_vqvae(src)
     big, _ = load_vqvae(run / "vqvae.safetensors")
-    assert big.config == VQVAEConfig(**{**small.config.to_dict(), "hidden": 24})  # the rest came from the file
+    # the rest came from the file
+    assert big.config == VQVAEConfig(**{**small.config.to_dict(), "hidden": 24, "num_codes": 32})
     # one step at a negligible LR: held-out PSNR is the source model's, not a fresh model's
     assert summary["val_psnr"] == pytest.approx(trained_vqvae["summary"]["val_psnr"], abs=0.05)
     # the run records where it started
@@ -88,7 +108,7 @@ def test_cli_init_from_grows_and_inherits_the_rest(cli, trained_vqvae, tmp_path)
 
 
 @pytest.mark.parametrize("extra, phrase", [
-    (["--codebook-size", "32"], "codebook-size"),
+    (["--codebook-size", "8"], "codebook-size"),
     (["--res-blocks", "0"], "positive"),
 ])
 def test_cli_init_from_bad_sizes_are_one_line_errors(cli, trained_vqvae, tmp_path, extra, phrase):

@@ -201,7 +201,7 @@ def train_vqvae(
     amp: Optional[bool] = AmpOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these VQ-VAE weights, grown to any larger --hidden / --res-blocks / --res-channels given (it starts at their PSNR); model options not given are theirs."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these VQ-VAE weights, grown to any larger --hidden / --res-blocks / --res-channels / --codebook-size given (it starts at their PSNR; new codes start on encoder outputs); model options not given are theirs."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Image side; a multiple of 4, grid = side/4 (default 32)."),
     hidden: Optional[int] = typer.Option(None, "--hidden", help="Trunk channels (default 128)."),
     res_blocks: Optional[int] = typer.Option(None, "--res-blocks", help="Residual blocks in encoder and decoder (default 2)."),

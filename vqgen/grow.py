@@ -5,7 +5,10 @@ Growing keeps what the smaller model learned, so a larger model starts at the sm
 at noise: each trained tensor goes into the leading corner of its larger counterpart; where a layer gains
 input channels the weights that read them are zeroed, so the new channels (randomly initialised, free to
 learn) are invisible until training moves those weights; a residual block the smaller model lacks gets a
-zero last convolution, so it starts as the identity. The codebook and its EMA statistics are copied."""
+zero last convolution, so it starts as the identity. The codebook and its EMA statistics are copied; a larger
+codebook keeps the trained codes as its first K and fills the rest with copies of them marked unused, so no
+image changes code at step 0 and the first training step's dead-code restart moves each new code onto an
+encoder output (where the trained codes are crowded, new ones land)."""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from vqgen.errors import ConfigError
 from vqgen.vqvae import VQVAE, ResBlock, VQVAEConfig
 
 # fields that fix what a code is; growing may change the others (hidden, res_blocks, res_channels, ...)
-SAME_FIELDS = ("image_size", "num_codes", "code_dim", "quantizer")
-GROWABLE = ("hidden", "res_blocks", "res_channels")
+SAME_FIELDS = ("image_size", "code_dim", "quantizer")
+GROWABLE = ("hidden", "res_blocks", "res_channels", "num_codes")
 
 
 def _roles(net: nn.Sequential) -> dict[str, nn.Module]:
@@ -82,4 +85,23 @@ def grow_into(big: VQVAE, small: VQVAE) -> None:
                     _grow_conv(new.conv2, old.conv2)
             else:
                 _grow_conv(new, old)
-    big.quantizer.load_state_dict(small.quantizer.state_dict())
+    _grow_codebook(big.quantizer, small.quantizer)
+
+
+@torch.no_grad()
+def _grow_codebook(big: nn.Module, small: nn.Module) -> None:
+    k = small.num_codes
+    state = small.state_dict()
+    if big.num_codes == k:
+        big.load_state_dict(state)
+        return
+    # copies, not fresh vectors: a copy ties with its original, the original (lower index) wins, so the
+    # codes and the decoded images at step 0 are the small model's
+    rows = torch.arange(big.num_codes) % k
+    for name, t in state.items():
+        if t.dim() == 0:
+            getattr(big, name).copy_(t)
+        else:
+            getattr(big, name).copy_(t[rows])
+    # zero usage marks the copies dead: the first training step restarts them on encoder outputs
+    big.usage[k:] = 0.0
