@@ -347,7 +347,7 @@ def sample(
     vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0: logits "
                                              "uncond + (1+W)(cond - uncond); 0 is plain conditional sampling (default: "
-                                             "4 for priors with a null class, else 0)."),
+                                             "5 for priors with a null class, else 0)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
@@ -384,7 +384,7 @@ def inpaint(
     class_: Optional[str] = typer.Option(None, "--class", help="Complete as this class (default: each image's class "
                                          "folder when named like the prior's classes, else no class)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0 "
-                                             "towards the class (default: 4 with a class and a null class, else 0)."),
+                                             "towards the class (default: 5 with a class and a null class, else 0)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),

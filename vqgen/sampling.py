@@ -14,10 +14,10 @@ from vqgen.runtime import autocast, inference_amp, resolve_device
 from vqgen.vqvae import open_vqvae
 
 # classifier-free guidance used when --guidance is not given, for priors with a null class. Chosen on the shipped
-# pair against training images (BENCHMARKS.md, "Sample quality"): the Frechet distance falls 63.0 -> 22.9 (mean of
-# three seeds) from 0 to 4 and by under 5% per further step, while recall (diversity) keeps falling; 4 is where the
-# gains stop.
-DEFAULT_GUIDANCE = 4.0
+# pair against training images (BENCHMARKS.md, "Sample quality"): the Frechet distance falls 58.9 -> 21.1 (mean of
+# three seeds) from 0 to 5 and by under 5% per further step, while recall (diversity) keeps falling; 5 is where the
+# gains stop. Completions (vqgen inpaint) measured the same way also stop gaining at 5.
+DEFAULT_GUIDANCE = 5.0
 
 
 def resolve_class(value: str | int, class_names: list[str], num_classes: int) -> int:
