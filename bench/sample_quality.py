@@ -259,6 +259,7 @@ def calibrate(args) -> list[dict]:
 
 def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     import vqgen
+    from vqgen.sampling import DEFAULT_GUIDANCE_SCHEDULE
 
     guidance = args.guidance if guidance is None else guidance
     temperature = args.temperature if temperature is None else temperature
@@ -270,8 +271,8 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     t0 = time.perf_counter()
     images, labels = vqgen.generate(2 * n, vqvae=args.vqvae, prior=args.prior, seed=args.seed,
                                     temperature=temperature, top_k=args.top_k, top_p=args.top_p,
-                                    guidance=guidance, batch_size=args.batch_size, return_labels=True,
-                                    prior_options=args.prior_option)
+                                    guidance=guidance, guidance_schedule=args.guidance_schedule,
+                                    batch_size=args.batch_size, return_labels=True, prior_options=args.prior_option)
     seconds = time.perf_counter() - t0
     f, p = embed(clf, images)
     if labels is None:
@@ -280,7 +281,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         labels = labels.cpu()
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": guidance,
-           "temperature": temperature, "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+           "guidance_schedule": args.guidance_schedule or DEFAULT_GUIDANCE_SCHEDULE, "temperature": temperature, "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
     return out
@@ -297,8 +298,8 @@ def inpaint(args) -> dict:
     for x, y in ((xb, yb), (xa, ya)):  # fold i is compared with the completions of the other half
         r = inpaint_images(x, args.region, 1, prior=args.prior, vqvae=args.vqvae, seed=args.seed,
                            labels=None if args.no_class else y, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, guidance=args.guidance, batch_size=args.batch_size, device="cpu",
-                           prior_options=args.prior_option)
+                           top_p=args.top_p, guidance=args.guidance, guidance_schedule=args.guidance_schedule,
+                           batch_size=args.batch_size, device="cpu", prior_options=args.prior_option)
         f, p = embed(clf, r.images[:, 0])
         sets.append((f, p, y))  # class accuracy: the completion is still of the image's own class
         kept.append(r.kept_psnr)
@@ -306,7 +307,8 @@ def inpaint(args) -> dict:
         seconds += r.seconds
         guidance = r.guidance
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "region": args.region,
-           "given_class": not args.no_class, "guidance": guidance, "temperature": args.temperature, "seed": args.seed,
+           "given_class": not args.no_class, "guidance": guidance, "guidance_schedule": r.guidance_schedule,
+           "temperature": args.temperature, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "kept_psnr": sum(kept) / 2,
            "kept_psnr_reconstruction": sum(ceiling) / 2, "inpainting_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
@@ -346,6 +348,8 @@ def main() -> None:
             s.add_argument("-o", "--prior-option", action="append", default=[], metavar="KEY=VALUE")
             s.add_argument("--prior", default=None)
             s.add_argument("--guidance", type=float, default=None)
+            s.add_argument("--guidance-schedule", choices=("constant", "linear"), default=None,
+                           help="default: the library's (vqgen sample's) default")
             s.add_argument("--temperature", type=float, default=1.0)
             s.add_argument("--top-k", type=int, default=None)
             s.add_argument("--top-p", type=float, default=None)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.sampling_utils import check_sampling_args, draw, filter_logits
+from priors.sampling_utils import check_sampling_args, draw, filter_logits, guidance_weight
 from vqgen.errors import ConfigError, check_positive
 
 Pick = Callable[[torch.Tensor], torch.Tensor]  # (n, K) logits of one position -> (n,) long codes
@@ -57,15 +57,17 @@ class Known:
 
 
 class Sampling:
-    """How one `sample` call draws: temperature, top-k, top-p, the guidance weight and the torch.Generator.
+    """How one `sample` call draws: temperature, top-k, top-p, the guidance weight and schedule, the torch.Generator.
 
     Every random number of a draw comes from `generator` (through `draw` and `uniform`), so the same seed gives
     the same grids; every code comes from `draw`, so the filters mean the same thing for every prior."""
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None, guidance: float = 0.0, null_label: int | None = None):
+                 generator: torch.Generator | None = None, guidance: float = 0.0, null_label: int | None = None,
+                 guidance_schedule: str = "constant"):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generator, self.guidance, self.null_label = generator, float(guidance or 0.0), null_label
+        self.guidance_schedule = guidance_schedule
 
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
         """(m, K) logits -> (m, K) float32 logits with temperature applied and filtered codes at -inf."""
@@ -79,20 +81,22 @@ class Sampling:
         """Uniform numbers in [0, 1), float32, from the generator (for a sampler's other random choices)."""
         return torch.rand(*shape, generator=self.generator, device=device)
 
-    def guide(self, logits: torch.Tensor) -> torch.Tensor:
+    def guide(self, logits: torch.Tensor, step: int = 1, steps: int = 1) -> torch.Tensor:
         """(2m, ...) logits, m rows given their labels then the same m given the null class -> (m, ...) logits
-        uncond + (1 + W) * (cond - uncond), in float32."""
+        uncond + (1 + w) * (cond - uncond), in float32; w is the schedule's weight at step `step` (1-based) of
+        the draw's `steps` (raster positions, or decoding steps), which the sampler passes."""
         m = logits.shape[0] // 2
         cond, uncond = logits[:m].float(), logits[m:].float()
-        return uncond + (1 + self.guidance) * (cond - uncond)
+        w = guidance_weight(self.guidance, self.guidance_schedule, step, steps)
+        return uncond + (1 + w) * (cond - uncond)
 
     def guided(self, fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], codes: torch.Tensor,
-               labels: torch.Tensor | None) -> torch.Tensor:
+               labels: torch.Tensor | None, step: int = 1, steps: int = 1) -> torch.Tensor:
         """fn(codes, labels) (logits of a batch), guided when W > 0: fn runs once on the 2m rows [labels; null]."""
         if not self.guidance:
             return fn(codes, labels)
         both = torch.cat([labels, torch.full_like(labels, self.null_label)])
-        return self.guide(fn(torch.cat([codes, codes]), both))
+        return self.guide(fn(torch.cat([codes, codes]), both), step, steps)
 
 
 class Prior(nn.Module):
@@ -261,18 +265,22 @@ class Prior(nn.Module):
         generator: torch.Generator | None = None,
         guidance: float | None = None,
         known=None,
+        guidance_schedule: str = "constant",
     ) -> torch.Tensor:
         """Draw n grids -> (n, H, W) long on the model's device.
 
         guidance W > 0 (classifier-free guidance; needs a null class) draws from logits
         uncond + (1 + W) * (cond - uncond), given the label and given no class; None or 0 is plain conditional
-        sampling. labels=prior.null_label draws from p(grid). known=(codes, mask) keeps codes[mask] exactly and
+        sampling; guidance_schedule "linear" raises the weight from ~0 to ~2W over the draw, W on average.
+        labels=prior.null_label draws from p(grid). known=(codes, mask) keeps codes[mask] exactly and
         draws the other positions given them (an AutoregressivePrior only when the kept ones are a raster prefix)."""
-        return self._sample(self.sample_codes, n, labels, temperature, top_k, top_p, generator, guidance, known)
+        return self._sample(self.sample_codes, n, labels, temperature, top_k, top_p, generator, guidance, known,
+                            guidance_schedule)
 
-    def _sample(self, sampler, n, labels, temperature, top_k, top_p, generator, guidance, known) -> torch.Tensor:
+    def _sample(self, sampler, n, labels, temperature, top_k, top_p, generator, guidance, known,
+                guidance_schedule="constant") -> torch.Tensor:
         check_positive("n", n)
-        check_sampling_args(temperature, top_k, top_p, guidance=guidance)
+        check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=guidance_schedule)
         w = float(guidance or 0.0)
         if w and not self.has_null_class:
             raise ConfigError("guidance needs a class-conditional prior trained with label dropout (it has a null "
@@ -283,7 +291,8 @@ class Prior(nn.Module):
                               "create it with torch.Generator(device=...) on the prior's device")
         labels = self.check_labels(labels, n, strict_range=True)
         known = self.check_known(known, n)
-        how = Sampling(temperature, top_k, top_p, generator, w, self.null_label if self.has_null_class else None)
+        how = Sampling(temperature, top_k, top_p, generator, w, self.null_label if self.has_null_class else None,
+                       guidance_schedule)
         was_training = self.training
         self.eval()
         try:
@@ -338,10 +347,10 @@ class AutoregressivePrior(Prior):
     @torch.no_grad()
     def sample_naive(self, n: int, labels: torch.Tensor | int | None = None, temperature: float = 1.0,
                      top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                     guidance: float | None = None, known=None) -> torch.Tensor:
+                     guidance: float | None = None, known=None, guidance_schedule: str = "constant") -> torch.Tensor:
         """Reference sampler: a full `logits` pass per position (H*W passes). Same draws as `sample`."""
         return self._sample(lambda *a: self._raster(self.generate_naive, *a), n, labels, temperature, top_k, top_p,
-                            generator, guidance, known)
+                            generator, guidance, known, guidance_schedule)
 
     def sample_codes(self, n: int, labels: torch.Tensor | None, known: Known | None, how: Sampling) -> torch.Tensor:
         return self._raster(self.generate, n, labels, known, how)
@@ -350,11 +359,12 @@ class AutoregressivePrior(Prior):
         """Run a raster decoding loop with a pick that draws through `how`, guides, and keeps `known`."""
         kept_codes = known.codes.flatten(1) if known is not None else None  # (n, H*W)
         kept = known.mask.flatten(1) if known is not None else None
-        position = iter(range(self.config.height * self.config.width))  # pick is called once per position
+        T = self.config.height * self.config.width
+        position = iter(range(T))  # pick is called once per position
 
         def pick(step_logits: torch.Tensor) -> torch.Tensor:  # (n, K), or (2n, K) guided: n rows, then n without class
             t = next(position)
-            code = how.draw(how.guide(step_logits) if how.guidance else step_logits)
+            code = how.draw(how.guide(step_logits, t + 1, T) if how.guidance else step_logits)
             if kept is not None:  # drawn anyway, so the generator advances as without known positions
                 code = torch.where(kept[:, t], kept_codes[:, t], code)
             return code.repeat(2) if how.guidance else code  # both streams continue from the same code

@@ -330,6 +330,16 @@ def check_guidance(name):
                  f"guidance={w!r} is not plain conditional sampling")
     guided = prior.sample(n, labels=labels, generator=gen(5), temperature=0.9, top_k=9, guidance=2.0)
     _require(not torch.equal(guided, plain), "guidance 2 did not change the draw")
+    kw = dict(labels=labels, generator=gen(5), temperature=0.9, top_k=9, guidance=2.0)
+    _require(torch.equal(prior.sample(n, **kw, guidance_schedule="constant"), guided),
+             "guidance_schedule='constant' is not the default")
+    _require(not torch.equal(prior.sample(n, **{**kw, "generator": gen(5)}, guidance_schedule="linear"), guided),
+             "guidance_schedule='linear' drew what 'constant' draws: pass the step as "
+             "how.guide(logits, step, steps) / how.guided(fn, codes, labels, step, steps)")
+    _require(torch.equal(prior.sample(n, labels=labels, generator=gen(5), guidance=0, guidance_schedule="linear"),
+                         plain), "guidance 0 with guidance_schedule='linear' is not plain conditional sampling")
+    with _raises(ConfigError, "guidance_schedule", "guidance_schedule='cosine'"):
+        prior.sample(2, labels=torch.tensor([0, 1]), guidance=1.0, guidance_schedule="cosine")
     uncond = prior.sample(n, labels=prior.null_label, generator=gen(5))  # p(grid): the null class as the label
     _require(uncond.shape == plain.shape, "sampling with the null label failed")
     for bad in (-1.0, float("nan"), float("inf"), True):
@@ -406,6 +416,9 @@ def _fast_matches_naive(name, num_classes):
         kw = dict(labels=labels, temperature=0.9, top_k=9, guidance=2.0)
         _require(torch.equal(guided.sample(n, generator=gen(5), **kw), guided.sample_naive(n, generator=gen(5), **kw)),
                  "guided sample and sample_naive differ")
+        kw["guidance_schedule"] = "linear"
+        _require(torch.equal(guided.sample(n, generator=gen(5), **kw), guided.sample_naive(n, generator=gen(5), **kw)),
+                 "guided sample and sample_naive differ with guidance_schedule='linear'")
 
 
 def check_fast_sampler_matches_naive(name):

@@ -147,7 +147,7 @@ class MaskGIT(Prior):
         for s in range(1, S + 1):
             if not bool(masked.any()):
                 break
-            logits = how.guided(self.masked_logits, x, labels).reshape(n * T, K)
+            logits = how.guided(self.masked_logits, x, labels, s, S).reshape(n * T, K)
             code = how.draw(logits).view(n, T)
             logp = torch.log_softmax(how.filter(logits), -1).gather(1, code.view(-1, 1)).view(n, T)
             left = (to_draw * math.cos(math.pi / 2 * s / S)).floor().long()  # still masked after this step

@@ -15,11 +15,25 @@ from vqgen.errors import OptionError, check_at_least, check_fraction, check_posi
 # few units
 MAX_GUIDANCE = 1000.0
 _TINY = torch.finfo(torch.float32).tiny  # the smallest temperature that is not 0 in float32
+# how the guidance weight W is spread over the steps of one draw (raster positions; maskgit's steps).
+# "constant": W at every step. "linear": rising in proportion to the step, 2W * s / (S + 1) at step s of S, so
+# the first codes, which fix a sample's layout, are drawn nearly unguided and the last ones at ~2W, with W
+# the mean either way (the cfg schedules of MUSE and LlamaGen); on CIFAR-10 it keeps more variety at the same
+# distance (BENCHMARKS.md, "Guidance schedule")
+GUIDANCE_SCHEDULES = ("constant", "linear")
+
+
+def guidance_weight(guidance: float, schedule: str, step: int = 1, steps: int = 1) -> float:
+    """The weight used at step `step` (1-based) of `steps`; its mean over the steps is `guidance`."""
+    return 2 * guidance * step / (steps + 1) if schedule == "linear" else guidance
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                        guidance: float | None = None) -> None:
+                        guidance: float | None = None, guidance_schedule: str | None = None) -> None:
     """Raise OptionError for a filter setting that has no meaning."""
+    if guidance_schedule is not None and guidance_schedule not in GUIDANCE_SCHEDULES:
+        raise OptionError(f"{{guidance_schedule}} must be one of {', '.join(GUIDANCE_SCHEDULES)}, got "
+                          f"{guidance_schedule!r}", "guidance_schedule", guidance_schedule, " or ".join(GUIDANCE_SCHEDULES))
     check_positive("temperature", temperature, integer=False)
     check_at_least("guidance", guidance, 0, integer=False)
     if guidance is not None and guidance > MAX_GUIDANCE:

@@ -92,6 +92,7 @@ def test_sample_guidance_default_and_explicit(cli, trained_vqvae, priors, tmp_pa
     (["--guidance", "nan"], 2, "--guidance"),
     (["--guidance", "inf"], 2, "--guidance"),
     (["--temperature", "nan"], 2, "--temperature"),
+    (["--guidance-schedule", "cosine"], 2, "--guidance-schedule"),
 ])
 def test_guidance_refusals(cli, trained_vqvae, priors, tmp_path, args, code, phrase):
     vq = trained_vqvae["run"] / "vqvae.safetensors"
@@ -148,3 +149,46 @@ def test_help_states_the_default_guidance(cli):
     for cmd in ("sample", "inpaint"):
         text = " ".join(cli(cmd, "--help").stdout.replace("│", " ").split())  # rich wraps help inside a box
         assert f"default: {DEFAULT_GUIDANCE:g} " in text, cmd
+
+
+def test_help_states_the_default_guidance_schedule(cli):
+    from vqgen.sampling import DEFAULT_GUIDANCE_SCHEDULE
+
+    text = " ".join(cli("sample", "--help").stdout.replace("│", " ").split())
+    assert f"(default: {DEFAULT_GUIDANCE_SCHEDULE})" in text
+    text = " ".join(cli("inpaint", "--help").stdout.replace("│", " ").split())
+    assert "(default: constant)" in text
+
+
+def test_linear_schedule_rises_with_the_step_and_keeps_the_mean_weight():
+    from priors.sampling_utils import guidance_weight
+
+    for steps in (1, 2, 64):
+        w = [guidance_weight(3.0, "linear", s, steps) for s in range(1, steps + 1)]
+        assert sum(w) / steps == pytest.approx(3.0)  # W means the same average strength for both schedules
+        assert all(a < b for a, b in zip(w, w[1:]))
+        assert all(guidance_weight(3.0, "constant", s, steps) == 3.0 for s in range(1, steps + 1))
+    assert guidance_weight(3.0, "linear", 1, 64) == pytest.approx(6 / 65)  # the first code: nearly unguided
+
+
+def test_sample_guidance_schedule(cli, trained_vqvae, priors, tmp_path):
+    """--guidance-schedule linear changes the draw at W > 0, is reported, and is plain sampling at W = 0."""
+    from vqgen.codes import read_codes
+    from vqgen.sampling import DEFAULT_GUIDANCE_SCHEDULE
+
+    vq = trained_vqvae["run"] / "vqvae.safetensors"
+    w = priors["null"][0] / "prior.safetensors"
+    base = ["sample", "--prior", w, "--vqvae", vq, "--n", "16", "--nrow", "2", "--json"]
+    grids, reported = {}, {}
+    for name, extra in (("default", []), ("constant", ["--guidance-schedule", "constant"]),
+                        ("linear", ["--guidance-schedule", "linear"])):
+        res = cli(*base, "--guidance", "8", *extra, "--out", tmp_path / f"{name}.png",
+                  "--save-codes", tmp_path / f"{name}.safetensors")
+        reported[name] = json.loads(res.stdout)["guidance_schedule"]
+        grids[name] = read_codes(tmp_path / f"{name}.safetensors").codes
+    assert reported == {"default": DEFAULT_GUIDANCE_SCHEDULE, "constant": "constant", "linear": "linear"}
+    assert torch.equal(grids["default"], grids[DEFAULT_GUIDANCE_SCHEDULE])
+    assert not torch.equal(grids["constant"], grids["linear"])
+    for name, extra in (("plain", []), ("plain-linear", ["--guidance-schedule", "linear"])):
+        cli(*base, "--guidance", "0", *extra, "--out", tmp_path / f"{name}.png")
+    assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "plain-linear.png").read_bytes()

@@ -32,8 +32,8 @@ def load_prior(path=None, device="cpu"):
 
 
 def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=1.0, top_k=None, top_p=None,
-             guidance=None, unconditional=False, batch_size=256, device="cpu", return_labels=False,
-             prior_options=None):
+             guidance=None, guidance_schedule=None, unconditional=False, batch_size=256, device="cpu",
+             return_labels=False, prior_options=None):
     """What `vqgen sample` draws, as a (n, 3, H, W) float tensor in [0, 1] (with return_labels: and the (n,) class
     asked for per image, None for an unconditional prior). Classes cycle when class_name is None; prior_options
     (a dict, e.g. {"steps": 12} for maskgit) change the prior's sampling options."""
@@ -41,14 +41,14 @@ def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=
 
     s = draw_samples(n, prior=None if prior is None else str(prior), vqvae=None if vqvae is None else str(vqvae),
                      class_name=class_name, unconditional=unconditional, seed=seed, temperature=temperature,
-                     top_k=top_k, top_p=top_p, guidance=guidance, batch_size=batch_size, device=device,
-                     prior_options=prior_options)
+                     top_k=top_k, top_p=top_p, guidance=guidance, guidance_schedule=guidance_schedule,
+                     batch_size=batch_size, device=device, prior_options=prior_options)
     return (s.images, s.labels) if return_labels else s.images
 
 
 def inpaint(images, region="bottom", n=4, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=1.0,
-            top_k=None, top_p=None, guidance=None, batch_size=256, device="cpu", prior_options=None,
-            return_codes=False):
+            top_k=None, top_p=None, guidance=None, guidance_schedule=None, batch_size=256, device="cpu",
+            prior_options=None, return_codes=False):
     """What `vqgen inpaint` draws: (b, n, 3, H, W) float completions in [0, 1] of `images` ((b, 3, H, W) uint8 or
     [0, 1] float, or image paths); the codes outside `region` (top, bottom, left, right, center or a mask image)
     are the images' own, those inside are drawn from the prior. With return_codes: and the (b, n, h, w) grids."""
@@ -56,6 +56,7 @@ def inpaint(images, region="bottom", n=4, class_name=None, seed=0, *, prior=None
 
     r = inpaint_images(images, region, n, prior=None if prior is None else str(prior),
                        vqvae=None if vqvae is None else str(vqvae), class_name=class_name, seed=seed,
-                       temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance, batch_size=batch_size,
-                       device=device, prior_options=prior_options)
+                       temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance,
+                       guidance_schedule=guidance_schedule, batch_size=batch_size, device=device,
+                       prior_options=prior_options)
     return (r.images, r.codes) if return_codes else r.images

@@ -348,6 +348,9 @@ def sample(
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0: logits "
                                              "uncond + (1+W)(cond - uncond); 0 is plain conditional sampling (default: "
                                              "5 for priors with a null class, else 0)."),
+    guidance_schedule: Optional[str] = typer.Option(None, "--guidance-schedule", help="How W is spread over the "
+                                                    "positions drawn: constant, or linear (rising from ~0 to ~2W, W "
+                                                    "on average) (default: linear)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
@@ -367,7 +370,8 @@ def sample(
 
     emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
              seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size, amp=amp,
-             guidance=guidance, unconditional=unconditional, prior_options=opt), as_json)
+             guidance=guidance, guidance_schedule=guidance_schedule, unconditional=unconditional,
+             prior_options=opt), as_json)
 
 
 @app.command(epilog="Example: vqgen inpaint photo.png --region bottom --n 4 --out completed.png")
@@ -385,6 +389,10 @@ def inpaint(
                                          "folder when named like the prior's classes, else no class)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0 "
                                              "towards the class (default: 5 with a class and a null class, else 0)."),
+    guidance_schedule: Optional[str] = typer.Option(None, "--guidance-schedule", help="How W is spread over the "
+                                                    "grid's positions: constant, or linear (rising from ~0 to ~2W "
+                                                    "over the whole grid, kept positions included) (default: "
+                                                    "constant)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
@@ -402,7 +410,8 @@ def inpaint(
     from vqgen.commands.inpaint import inpaint as run
 
     emit(run(inputs, out, region=region, n=n, save_codes=save_codes, class_=class_, prior=prior, vqvae=vqvae,
-             guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prior_options=opt,
+             guidance=guidance, guidance_schedule=guidance_schedule, temperature=temperature, top_k=top_k,
+             top_p=top_p, seed=seed, prior_options=opt,
              batch_size=batch_size, amp=amp, device=device, data_root=data_root, cache_dir=cache_dir), as_json)
 
 

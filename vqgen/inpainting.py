@@ -83,6 +83,7 @@ class Completions:
     class_names: list[str] = field(default_factory=list)
     conditioned: bool = False  # a class was asked for (not the null class)
     guidance: float = 0.0
+    guidance_schedule: str = "constant"
     kept_psnr: float = 0.0  # completions against the originals, on the pixels of the kept codes
     kept_psnr_reconstruction: float = 0.0  # the plain reconstructions against them on the same pixels: the ceiling
     seconds: float = 0.0  # encoding, sampling and decoding, once the models were loaded
@@ -123,6 +124,7 @@ def inpaint_images(
     top_k: int | None = None,
     top_p: float | None = None,
     guidance: float | None = None,
+    guidance_schedule: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
     amp: bool | None = None,
@@ -137,11 +139,14 @@ def inpaint_images(
     The completions are drawn given class_name, else given `labels` ((m,) class indices, one per image), else
     given each image's class when they come from class folders named like the prior's classes, else without a
     class (a prior with a null class). guidance None means
-    DEFAULT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise."""
+    DEFAULT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise; guidance_schedule
+    spreads it over the grid's raster positions (or a prior's steps), kept ones included, as in sampling
+    (None: "constant", the schedule completions were measured with)."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
     seed = seed_value("seed", seed)
-    check_sampling_args(temperature, top_k, top_p, guidance=guidance)
+    guidance_schedule = guidance_schedule or "constant"
+    check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=guidance_schedule)
     dev = resolve_device(device)
     model_p, pmeta, model_v, vsha = open_pair(prior, vqvae, dev, prior_options)
     S, g = model_v.config.image_size, model_v.config.grid
@@ -184,7 +189,8 @@ def inpaint_images(
             known = (rows[i : i + batch_size].to(dev), ~regenerate.to(dev))
             lab = row_labels[i : i + batch_size].to(dev) if row_labels is not None else None
             codes = model_p.sample(known[0].shape[0], labels=lab, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   generator=gen, guidance=guidance, known=known)
+                                   generator=gen, guidance=guidance, known=known,
+                                   guidance_schedule=guidance_schedule)
             grids.append(codes.cpu())
             pictures.append(model_v.decode(codes).float().cpu())
     seconds = time.perf_counter() - t0
@@ -201,6 +207,6 @@ def inpaint_images(
         originals=x, masked=torch.where(pixel_region, torch.tensor(MASKED_GREY), x), images=completed, codes=codes,
         image_codes=own, regenerate=regenerate, labels=labels,
         class_names=list(pmeta["class_names"]) if model_p.config.num_classes else [], conditioned=conditioned,
-        guidance=float(guidance), kept_psnr=kept_psnr(completed), kept_psnr_reconstruction=kept_psnr(recon),
+        guidance=float(guidance), guidance_schedule=guidance_schedule, kept_psnr=kept_psnr(completed), kept_psnr_reconstruction=kept_psnr(recon),
         seconds=seconds, prior_name=pmeta["prior"], prior_path=pmeta["path"], vqvae_sha256=vsha,
         num_codes=model_p.config.num_codes)

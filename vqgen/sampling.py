@@ -13,11 +13,14 @@ from vqgen.prior_file import check_compatible, open_prior
 from vqgen.runtime import autocast, inference_amp, resolve_device
 from vqgen.vqvae import open_vqvae
 
-# classifier-free guidance used when --guidance is not given, for priors with a null class. Chosen on the shipped
-# pair against training images (BENCHMARKS.md, "Sample quality"): the Frechet distance falls 58.9 -> 21.1 (mean of
-# three seeds) from 0 to 5 and by under 5% per further step, while recall (diversity) keeps falling; 5 is where the
-# gains stop. Completions (vqgen inpaint) measured the same way also stop gaining at 5.
+# classifier-free guidance used when --guidance is not given, for priors with a null class, and how it is spread
+# over the positions of a draw (priors.sampling_utils). Chosen on the shipped pair against training images
+# (BENCHMARKS.md, "Sample quality"): with the linear schedule the Frechet distance falls to 18.6 at W = 5 (mean of
+# three seeds) and by under 5% per further step, while recall (diversity) keeps falling; the constant schedule's
+# best by the same rule, also W = 5, reaches 21.1 with less recall (0.40 against 0.49). Completions (vqgen
+# inpaint) were measured with the constant schedule, which also stops gaining at 5; inpaint keeps that schedule.
 DEFAULT_GUIDANCE = 5.0
+DEFAULT_GUIDANCE_SCHEDULE = "linear"
 
 
 def resolve_class(value: str | int, class_names: list[str], num_classes: int) -> int:
@@ -58,6 +61,7 @@ class Samples:
     labels: torch.Tensor | None  # (n,) class asked for per sample (the null label for unconditional draws); None
     class_names: list[str] = field(default_factory=list)  # the prior's class names ([] when unconditional)
     guidance: float = 0.0  # the guidance weight used
+    guidance_schedule: str = "constant"  # how it was spread over the positions
     seconds: float = 0.0  # sampling and decoding, once the models were loaded
     prior_name: str = ""  # registry name of the prior
     prior_path: str = ""
@@ -78,6 +82,7 @@ def draw_samples(
     top_k: int | None = None,
     top_p: float | None = None,
     guidance: float | None = None,
+    guidance_schedule: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
     amp: bool | None = None,
@@ -87,12 +92,14 @@ def draw_samples(
 
     Without class_name a class-conditional prior cycles through its classes, `class_run` consecutive samples per
     class (the CLI passes its grid width: one class per row); unconditional=True draws from p(grid) with the null
-    class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise. prior_options
+    class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise, spread over the
+    positions by guidance_schedule (None: DEFAULT_GUIDANCE_SCHEDULE; "constant" or "linear"). prior_options
     change the prior's sampling options (maskgit: steps, choice_temperature): a dict or `key=value` strings."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
     seed = seed_value("seed", seed)
-    check_sampling_args(temperature, top_k, top_p, guidance=guidance)  # before any model is loaded
+    schedule = DEFAULT_GUIDANCE_SCHEDULE if guidance_schedule is None else guidance_schedule
+    check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=schedule)  # before loading
     if unconditional and class_name is not None:
         raise OptionError("{unconditional=True} draws without a class; drop {class_name} (or {unconditional=True})",
                           "unconditional")
@@ -123,10 +130,10 @@ def draw_samples(
         for i in range(0, n, batch_size):
             lab = labels[i : i + batch_size].to(dev) if labels is not None else None
             codes = model_p.sample(min(batch_size, n - i), labels=lab, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, generator=gen, guidance=guidance)
+                                   top_p=top_p, generator=gen, guidance=guidance, guidance_schedule=schedule)
             grids.append(codes.cpu())
             images.append(model_v.decode(codes).float().cpu())
     return Samples(images=torch.cat(images), codes=torch.cat(grids), labels=labels,
                    class_names=list(pmeta["class_names"]) if num_classes else [], guidance=float(guidance),
-                   seconds=time.perf_counter() - t0, prior_name=pmeta["prior"], prior_path=pmeta["path"],
+                   guidance_schedule=schedule, seconds=time.perf_counter() - t0, prior_name=pmeta["prior"], prior_path=pmeta["path"],
                    vqvae_sha256=vsha, num_codes=model_p.config.num_codes)

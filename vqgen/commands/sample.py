@@ -60,4 +60,5 @@ def sample(
                                         s.class_names if labels is not None else [], s.vqvae_sha256,
                                         f"sample:{s.prior_path}"))
     return {"samples": n, "out": str(out), "seconds": s.seconds, "prior": s.prior_name,
-            "seed": draw_options.get("seed", 0), "guidance": s.guidance, "classes": drawn}
+            "seed": draw_options.get("seed", 0), "guidance": s.guidance, "guidance_schedule": s.guidance_schedule,
+            "classes": drawn}
