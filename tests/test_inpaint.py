@@ -146,3 +146,18 @@ def test_python_api(pair):
     again = vqgen.inpaint(pixels, region="left", n=2, class_name="dogs", prior=pair["maskgit"], vqvae=pair["vqvae"],
                           seed=0)
     assert torch.equal(again, done)
+
+
+def test_guidance_schedule_in_completions(pair):
+    """inpaint's default schedule is constant; linear draws other completions and keeps the kept codes."""
+    import vqgen
+    from vqgen.data import load_inputs
+
+    pixels = load_inputs([str(f) for f in images(pair, 2)], 16).images
+    kw = dict(region="left", n=4, class_name="dogs", prior=pair["maskgit"], vqvae=pair["vqvae"], seed=0,
+              guidance=8, return_codes=True)
+    _, default = vqgen.inpaint(pixels, **kw)
+    _, constant = vqgen.inpaint(pixels, **kw, guidance_schedule="constant")
+    _, linear = vqgen.inpaint(pixels, **kw, guidance_schedule="linear")
+    assert torch.equal(default, constant) and not torch.equal(constant, linear)
+    assert torch.equal(linear[:, :, :, 2:], constant[:, :, :, 2:])  # the kept half is the images' own either way
