@@ -11,7 +11,7 @@
 # classifier-free guidance.
 #
 #   bash scripts/train-default.sh
-#   FINETUNE_LEGS="3000 6000 9000 12000" bash scripts/train-default.sh
+#   FINETUNE_LEGS="3000 6000 9000 12000 15000" bash scripts/train-default.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_ROOT=${RUN_ROOT:-runs/default}
@@ -23,7 +23,7 @@ GROWN_LEGS=${GROWN_LEGS:-"16000"}
 GROWN_ARGS=${GROWN_ARGS:-"--hidden 192 --res-blocks 4 --res-channels 64"}
 PRIOR_LEGS=${PRIOR_LEGS:-"5000 8000"}
 PRIOR_ARGS=${PRIOR_ARGS:-""}  # prior options for a new run, e.g. "-o channels=128" (the shipped prior: the default)
-FINETUNE_LEGS=${FINETUNE_LEGS:-"3000 6000 9000"}
+FINETUNE_LEGS=${FINETUNE_LEGS:-"3000 6000 9000 12000"}
 SEED=${SEED:-0}
 
 if [ ! -d "$DATA" ]; then

@@ -144,11 +144,12 @@ def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_
 
 def test_help_states_the_default_guidance(cli):
     """--help names the default weight (written out there: the CLI module does not import the sampling code)."""
+    from vqgen.inpainting import INPAINT_GUIDANCE
     from vqgen.sampling import DEFAULT_GUIDANCE
 
-    for cmd in ("sample", "inpaint"):
+    for cmd, w in (("sample", DEFAULT_GUIDANCE), ("inpaint", INPAINT_GUIDANCE)):
         text = " ".join(cli(cmd, "--help").stdout.replace("│", " ").split())  # rich wraps help inside a box
-        assert f"default: {DEFAULT_GUIDANCE:g} " in text, cmd
+        assert f"default: {w:g} " in text, cmd
 
 
 def test_help_states_the_default_guidance_schedule(cli):

@@ -154,10 +154,11 @@ def test_guidance_schedule_in_completions(pair):
     from vqgen.data import load_inputs
 
     pixels = load_inputs([str(f) for f in images(pair, 2)], 16).images
-    kw = dict(region="left", n=4, class_name="dogs", prior=pair["maskgit"], vqvae=pair["vqvae"], seed=0,
-              guidance=8, return_codes=True)
+    # a tiny prior is nearly deterministic: many draws at a high temperature show the weights' difference
+    kw = dict(region="bottom", n=16, class_name="dogs", prior=pair["pixelcnn"], vqvae=pair["vqvae"], seed=0,
+              guidance=8, temperature=2.0, return_codes=True)
     _, default = vqgen.inpaint(pixels, **kw)
     _, constant = vqgen.inpaint(pixels, **kw, guidance_schedule="constant")
     _, linear = vqgen.inpaint(pixels, **kw, guidance_schedule="linear")
     assert torch.equal(default, constant) and not torch.equal(constant, linear)
-    assert torch.equal(linear[:, :, :, 2:], constant[:, :, :, 2:])  # the kept half is the images' own either way
+    assert torch.equal(linear[:, :, :2], constant[:, :, :2])  # the kept top half is the images' own either way

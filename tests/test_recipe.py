@@ -44,7 +44,7 @@ def test_recipe_defaults_are_the_default_network_grown_with_512_codes():
     assert _default("VQ_ARGS") == []
     assert VQVAEConfig().num_codes == 512 and (VQVAEConfig().hidden, VQVAEConfig().res_blocks) == (128, 2)
     assert _default("GROWN_ARGS") == ["--hidden", "192", "--res-blocks", "4", "--res-channels", "64"]
-    assert _default("FINETUNE_LEGS") == ["3000", "6000", "9000"]
+    assert _default("FINETUNE_LEGS") == ["3000", "6000", "9000", "12000"]
 
 
 @pytest.mark.slow

@@ -347,7 +347,7 @@ def sample(
     vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0: logits "
                                              "uncond + (1+W)(cond - uncond); 0 is plain conditional sampling (default: "
-                                             "5 for priors with a null class, else 0)."),
+                                             "6 for priors with a null class, else 0)."),
     guidance_schedule: Optional[str] = typer.Option(None, "--guidance-schedule", help="How W is spread over the "
                                                     "positions drawn: constant, or linear (rising from ~0 to ~2W, W "
                                                     "on average) (default: linear)."),

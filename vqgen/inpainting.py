@@ -23,7 +23,7 @@ from vqgen.errors import ConfigError, DataError, OptionError, check_held, check_
 from vqgen.metrics import psnr_from_mse
 from vqgen.paths import user_path
 from vqgen.runtime import autocast, inference_amp, resolve_device
-from vqgen.sampling import DEFAULT_GUIDANCE, open_pair, resolve_class
+from vqgen.sampling import open_pair, resolve_class
 
 REGIONS = ("top", "bottom", "left", "right", "center")
 MASKED_GREY = 0.5  # the value shown where the masked input hides its region
@@ -68,6 +68,10 @@ def priors_keeping_any_positions() -> list[str]:
     """Registered priors whose sampler keeps any positions (they do not narrow Prior.keep_problem)."""
     return [name for name in list_priors() if get_prior(name).keep_problem is Prior.keep_problem]
 
+
+# the guidance weight completions use when --guidance is not given (with the constant schedule), chosen for them
+# on training images apart from sampling's (BENCHMARKS.md, "Completing images"): FD stops gaining 5% a step at 5
+INPAINT_GUIDANCE = 5.0
 
 @dataclass
 class Completions:
@@ -139,7 +143,7 @@ def inpaint_images(
     The completions are drawn given class_name, else given `labels` ((m,) class indices, one per image), else
     given each image's class when they come from class folders named like the prior's classes, else without a
     class (a prior with a null class). guidance None means
-    DEFAULT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise; guidance_schedule
+    INPAINT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise; guidance_schedule
     spreads it over the grid's raster positions (or a prior's steps), kept ones included, as in sampling
     (None: "constant", the schedule completions were measured with)."""
     check_positive("n", n)
@@ -173,7 +177,7 @@ def inpaint_images(
         image_labels, image_names = torch.as_tensor(labels).long().view(m), list(pmeta["class_names"])
     labels, conditioned = _labels(model_p, pmeta, m, class_name, image_labels, image_names)
     if guidance is None:
-        guidance = DEFAULT_GUIDANCE if conditioned and model_p.has_null_class else 0.0
+        guidance = INPAINT_GUIDANCE if conditioned and model_p.has_null_class else 0.0
     if guidance and not conditioned:
         raise ConfigError("{guidance} steers towards a class; the completions are drawn without one: give "
                           "{class_name}, or drop {guidance}")

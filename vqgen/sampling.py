@@ -15,11 +15,11 @@ from vqgen.vqvae import open_vqvae
 
 # classifier-free guidance used when --guidance is not given, for priors with a null class, and how it is spread
 # over the positions of a draw (priors.sampling_utils). Chosen on the shipped pair against training images
-# (BENCHMARKS.md, "Sample quality"): with the linear schedule the Frechet distance falls to 18.6 at W = 5 (mean of
-# three seeds) and by under 5% per further step, while recall (diversity) keeps falling; the constant schedule's
-# best by the same rule, also W = 5, reaches 21.1 with less recall (0.40 against 0.49). Completions (vqgen
-# inpaint) were measured with the constant schedule, which also stops gaining at 5; inpaint keeps that schedule.
-DEFAULT_GUIDANCE = 5.0
+# (BENCHMARKS.md, "Sample quality"): with the linear schedule the Frechet distance falls to 16.9 at W = 6 (mean of
+# three seeds) and gains nothing at 7, while recall (diversity) falls slowly; the constant schedule (measured on
+# the 9,000-step prior) gave less recall at its best (0.40 against 0.49 for linear at the same W). Completions
+# (vqgen inpaint) have their own default (vqgen.inpainting.INPAINT_GUIDANCE).
+DEFAULT_GUIDANCE = 6.0
 DEFAULT_GUIDANCE_SCHEDULE = "linear"
 
 
