@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from priors.sampling_utils import GUIDANCE_SCHEDULES
 from vqgen.data import load_images, split_indices
 from vqgen.metrics import frechet_distance, feature_stats
 
@@ -281,7 +282,8 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         labels = labels.cpu()
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": guidance,
-           "guidance_schedule": args.guidance_schedule or DEFAULT_GUIDANCE_SCHEDULE, "temperature": temperature, "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+           "guidance_schedule": args.guidance_schedule or DEFAULT_GUIDANCE_SCHEDULE, "temperature": temperature,
+           "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
     return out
@@ -348,7 +350,7 @@ def main() -> None:
             s.add_argument("-o", "--prior-option", action="append", default=[], metavar="KEY=VALUE")
             s.add_argument("--prior", default=None)
             s.add_argument("--guidance", type=float, default=None)
-            s.add_argument("--guidance-schedule", choices=("constant", "linear"), default=None,
+            s.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
                            help="default: the library's (vqgen sample's) default")
             s.add_argument("--temperature", type=float, default=1.0)
             s.add_argument("--top-k", type=int, default=None)

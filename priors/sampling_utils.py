@@ -33,7 +33,8 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
     """Raise OptionError for a filter setting that has no meaning."""
     if guidance_schedule is not None and guidance_schedule not in GUIDANCE_SCHEDULES:
         raise OptionError(f"{{guidance_schedule}} must be one of {', '.join(GUIDANCE_SCHEDULES)}, got "
-                          f"{guidance_schedule!r}", "guidance_schedule", guidance_schedule, " or ".join(GUIDANCE_SCHEDULES))
+                          f"{guidance_schedule!r}", "guidance_schedule", guidance_schedule,
+                          " or ".join(GUIDANCE_SCHEDULES))
     check_positive("temperature", temperature, integer=False)
     check_at_least("guidance", guidance, 0, integer=False)
     if guidance is not None and guidance > MAX_GUIDANCE:

@@ -153,12 +153,12 @@ def test_help_states_the_default_guidance(cli):
 
 
 def test_help_states_the_default_guidance_schedule(cli):
+    from vqgen.inpainting import INPAINT_GUIDANCE_SCHEDULE
     from vqgen.sampling import DEFAULT_GUIDANCE_SCHEDULE
 
-    text = " ".join(cli("sample", "--help").stdout.replace("│", " ").split())
-    assert f"(default: {DEFAULT_GUIDANCE_SCHEDULE})" in text
-    text = " ".join(cli("inpaint", "--help").stdout.replace("│", " ").split())
-    assert "(default: constant)" in text
+    for cmd, schedule in (("sample", DEFAULT_GUIDANCE_SCHEDULE), ("inpaint", INPAINT_GUIDANCE_SCHEDULE)):
+        text = " ".join(cli(cmd, "--help").stdout.replace("│", " ").split())
+        assert f"(default: {schedule})" in text, cmd
 
 
 def test_linear_schedule_rises_with_the_step_and_keeps_the_mean_weight():

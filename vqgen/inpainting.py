@@ -69,9 +69,11 @@ def priors_keeping_any_positions() -> list[str]:
     return [name for name in list_priors() if get_prior(name).keep_problem is Prior.keep_problem]
 
 
-# the guidance weight completions use when --guidance is not given (with the constant schedule), chosen for them
-# on training images apart from sampling's (BENCHMARKS.md, "Completing images"): FD stops gaining 5% a step at 5
+# the guidance weight and schedule completions use when they are not given, chosen for them on training images
+# apart from sampling's (BENCHMARKS.md, "Completing images"): FD stops gaining 5% a step at 5
 INPAINT_GUIDANCE = 5.0
+INPAINT_GUIDANCE_SCHEDULE = "constant"
+
 
 @dataclass
 class Completions:
@@ -145,11 +147,11 @@ def inpaint_images(
     class (a prior with a null class). guidance None means
     INPAINT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise; guidance_schedule
     spreads it over the grid's raster positions (or a prior's steps), kept ones included, as in sampling
-    (None: "constant", the schedule completions were measured with)."""
+    (None: INPAINT_GUIDANCE_SCHEDULE)."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
     seed = seed_value("seed", seed)
-    guidance_schedule = guidance_schedule or "constant"
+    guidance_schedule = guidance_schedule or INPAINT_GUIDANCE_SCHEDULE
     check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=guidance_schedule)
     dev = resolve_device(device)
     model_p, pmeta, model_v, vsha = open_pair(prior, vqvae, dev, prior_options)
@@ -211,6 +213,7 @@ def inpaint_images(
         originals=x, masked=torch.where(pixel_region, torch.tensor(MASKED_GREY), x), images=completed, codes=codes,
         image_codes=own, regenerate=regenerate, labels=labels,
         class_names=list(pmeta["class_names"]) if model_p.config.num_classes else [], conditioned=conditioned,
-        guidance=float(guidance), guidance_schedule=guidance_schedule, kept_psnr=kept_psnr(completed), kept_psnr_reconstruction=kept_psnr(recon),
+        guidance=float(guidance), guidance_schedule=guidance_schedule, kept_psnr=kept_psnr(completed),
+        kept_psnr_reconstruction=kept_psnr(recon),
         seconds=seconds, prior_name=pmeta["prior"], prior_path=pmeta["path"], vqvae_sha256=vsha,
         num_codes=model_p.config.num_codes)
