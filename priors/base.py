@@ -114,6 +114,9 @@ class Prior(nn.Module):
     # config fields that shape only sampling (a decoding schedule, say): they may be changed on a trained prior
     # (vqgen sample -o key=value) without changing what its weights compute
     sampling_fields: ClassVar[tuple[str, ...]] = ()
+    # integer size fields along which the prior can start from a smaller trained one of its kind (train-prior
+    # --init-from with larger values); a prior that lists any implements grow_from
+    growable_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -182,6 +185,11 @@ class Prior(nn.Module):
         for t in self.buffers():
             return t.device
         return torch.device("cpu")
+
+    def grow_from(self, tensors: dict[str, torch.Tensor], old: PriorConfig) -> None:
+        """Load the weights of a smaller trained prior of this kind (config `old`, smaller only in
+        growable_fields) so that this one starts computing what that one computes."""
+        raise ConfigError(f"the {type(self).name or type(self).__name__} prior cannot be grown from a smaller one")
 
     # -- the model -----------------------------------------------------------------------------------------
     def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -407,6 +415,11 @@ def prior_class_problem(obj) -> str | None:
     unknown = set(obj.sampling_fields) - {f.name for f in fields(cc)}
     if unknown:
         return f"its sampling_fields {sorted(unknown)} are not fields of its config_class"
+    unknown = set(obj.growable_fields) - {f.name for f in fields(cc)}
+    if unknown:
+        return f"its growable_fields {sorted(unknown)} are not fields of its config_class"
+    if obj.growable_fields and not _overrides(obj, Prior, "grow_from"):
+        return "it lists growable_fields but does not implement grow_from(tensors, old)"
     if issubclass(obj, AutoregressivePrior):
         if not _overrides(obj, AutoregressivePrior, "logits"):
             return "it does not implement logits(codes, labels)"

@@ -10,7 +10,8 @@ falls when trained, what its declared likelihood promises (exact: exp(log_prob) 
 tiny config; bound: finite, at most 0, the same on every call; none: log_prob refuses), sampling shape and range,
 seeds (every random number from the generator), codes drawn through the shared filters, known positions kept
 exactly (and the codes at the other positions never read), class conditioning, classifier-free guidance, and
-sample() leaving the training mode as it was. An AutoregressivePrior is also checked for raster causality (by
+sample() leaving the training mode as it was; a prior with growable_fields, for a larger one grown from it
+(grow_from, what train-prior --init-from calls) computing what it computed. An AutoregressivePrior is also checked for raster causality (by
 perturbation and by gradient), loss and log_prob equal to the cross-entropy of its logits, its fast sampler
 against the naive loop step by step, greedy filters, and, at its default config, seeing the whole past.
 
@@ -158,6 +159,26 @@ def check_config_roundtrip(name):
     a = again.loss(x, y)
     torch.manual_seed(5)
     _close(a, prior.loss(x, y), "the rebuilt prior's loss")
+
+
+@torch.no_grad()
+def check_growing_keeps_the_function(name):
+    """A prior grown along its growable_fields (train-prior --init-from) computes what the smaller one did."""
+    cls = get_prior(name)
+    if not cls.growable_fields:
+        return
+    small = make(name, num_classes=2, label_dropout=0.25)
+    base = asdict(small.config)
+    grown = {f: base[f] + max(1, base[f] // 2) for f in cls.growable_fields}
+    big = make(name, seed=1, num_classes=2, label_dropout=0.25, **grown)
+    big.grow_from(small.state_dict(), small.config)
+    x, y = grids(small, 4), torch.tensor([0, 1, 2, 1])  # 2 = the null class
+
+    def figure(p):
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            return p.log_prob(x, y) if cls.likelihood != "none" else p.loss(x, y)
+    _close(figure(big), figure(small), f"the prior grown to {grown}: its figure against the smaller one's")
 
 
 @torch.no_grad()
@@ -532,6 +553,7 @@ _PROPERTIES: dict[str, tuple[Callable[[str], None], bool]] = {
     "config round trip": (check_config_roundtrip, False),
     "raster causality by perturbation": (check_causality_by_perturbation, True),
     "raster causality by gradient": (check_causality_by_gradient, True),
+    "growing keeps the function": (check_growing_keeps_the_function, False),
     "loss is a finite scalar": (check_loss, False),
     "raster loss and log_prob are the cross-entropy of the logits": (check_raster_likelihood, True),
     "declared likelihood": (check_likelihood, False),

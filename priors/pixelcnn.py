@@ -95,6 +95,7 @@ class GatedLayer(nn.Module):
 class PixelCNN(AutoregressivePrior):
     config_class = PixelCNNConfig
     supports_null_class = True
+    growable_fields = ("channels", "layers")
 
     def __init__(self, config: PixelCNNConfig):
         super().__init__(config)
@@ -119,6 +120,41 @@ class PixelCNN(AutoregressivePrior):
         self.layers = nn.ModuleList(GatedLayer(C, c.kernel_size, self.num_label_slots, float(c.dropout))
                                     for _ in range(c.layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, c.num_codes, 1))
+
+    @torch.no_grad()
+    def grow_from(self, tensors: dict[str, torch.Tensor], old: PixelCNNConfig) -> None:
+        """Load a narrower or shallower PixelCNN's weights so that this one computes the same logits.
+
+        Channels come in blocks (a gate's tanh and sigmoid halves, h_out's residual and skip halves, a class
+        bias's four), so each trained block goes to the start of its wider block. The weights by which a trained
+        unit reads a new channel are zeroed: the new channels (randomly initialised, free to learn) go unseen
+        until training moves those weights. Added layers go after the trained ones, whose last vertical output
+        was unused, with a zero h_out: at step 0 they add nothing to the residual stream or the skips."""
+        c0, c = old.channels, self.config.channels
+
+        def trained(size: int, old_size: int) -> torch.Tensor:  # where a dim's trained entries go
+            if size == old_size:
+                return torch.arange(size)
+            blocks = size // c
+            if size != blocks * c or old_size != blocks * c0:
+                raise ConfigError(f"pixelcnn: cannot grow a dim of {old_size} into {size} channels")
+            return torch.cat([torch.arange(b * c, b * c + c0) for b in range(blocks)])
+
+        for name, new in self.state_dict().items():
+            if name.startswith("layers.") and int(name.split(".")[1]) >= old.layers:
+                if ".h_out." in name:
+                    new.zero_()
+                continue
+            t = tensors.get(name)
+            if t is None:
+                raise ConfigError(f"the weights lack the tensor {name}; they are not a pixelcnn of channels={c0}, "
+                                  f"layers={old.layers}")
+            idx = [trained(n, o) for n, o in zip(new.shape, t.shape)]
+            new[torch.meshgrid(*idx, indexing="ij")] = t.to(new.dtype)
+            if new.dim() == 4 and new.shape[1] > t.shape[1]:  # a conv (out, in, kh, kw) gained inputs
+                unseen = torch.ones(new.shape[1], dtype=torch.bool)
+                unseen[idx[1]] = False
+                new[idx[0][:, None], unseen.nonzero()[:, 0][None, :]] = 0
 
     @classmethod
     def tiny_config(cls, **overrides) -> PixelCNNConfig:

@@ -142,6 +142,44 @@ def test_init_from_adds_a_null_class_to_a_trained_prior(cli, priors, codes, tmp_
     assert res.exit_code == 1 and "channels" in res.output and not (tmp_path / "bad").exists()
 
 
+def test_init_from_grows_a_pixelcnn_that_starts_where_the_trained_one_is(cli, priors, codes, tmp_path):
+    """-o channels / layers larger than the trained prior's: the grown one computes the same logits at step 0
+    (here with a null class added too), so a larger prior starts at the trained one's bits, not at noise."""
+    from vqgen.codes import read_codes
+    from vqgen.prior_file import load_prior
+
+    plain_path = priors["plain"][0] / "prior.safetensors"
+    plain, _ = load_prior(plain_path)
+    c0, l0 = plain.config.channels, plain.config.layers
+    run = tmp_path / "wide"
+    cli("train-prior", "--codes", codes, "--init-from", plain_path, "--out", run, "--steps", "1", "--lr", "1e-12",
+        "--warmup", "0", "--batch-size", "8", "--val-fraction", "0.25", "--no-amp", "-o", f"channels={c0 + 8}",
+        "-o", f"layers={l0 + 2}")
+    grown, meta = load_prior(run / "prior.safetensors")
+    assert (meta["config"]["channels"], meta["config"]["layers"]) == (c0 + 8, l0 + 2) and grown.has_null_class
+    cs = read_codes(codes)
+    x, y = cs.codes[:6].long(), cs.labels[:6].long()
+    torch.testing.assert_close(grown.logits(x, y), plain.logits(x, y), atol=1e-4, rtol=0)
+    # not a saddle: the grown network's new weights get gradients, so training can use them
+    grown.train()
+    grown.loss(x, y).backward()
+    last = grown.layers[-1]
+    assert last.h_out.weight.grad.abs().sum() > 0 and grown.layers[0].v_conv.weight.grad[:, c0:].abs().sum() > 0
+    res = cli("train-prior", "--codes", codes, "--init-from", plain_path, "--out", tmp_path / "shallow", "--steps",
+              "1", "-o", f"channels={c0 - 4}", ok=False)
+    assert res.exit_code == 1 and "only keep or grow" in res.output and not (tmp_path / "shallow").exists()
+
+
+def test_a_prior_without_growable_sizes_is_refused_growth(cli, codes, tmp_path):
+    src = tmp_path / "tf"
+    cli("train-prior", "--codes", codes, "--prior", "transformer", "-o", "n_layer=1", "-o", "n_head=2", "-o",
+        "n_embd=16", "--out", src, "--steps", "1", "--batch-size", "8", "--val-fraction", "0.25", "--no-amp")
+    res = cli("train-prior", "--codes", codes, "--init-from", src / "prior.safetensors", "-o", "n_embd=32", "--out",
+              tmp_path / "wide", "--steps", "1", ok=False)
+    assert res.exit_code == 1 and "n_embd=16" in res.output and "same shape" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "wide").exists()
+
+
 def test_help_states_the_default_guidance(cli):
     """--help names the default weight (written out there: the CLI module does not import the sampling code)."""
     from vqgen.inpainting import INPAINT_GUIDANCE

@@ -317,7 +317,7 @@ def train_prior(
     class_conditional: Optional[bool] = typer.Option(
         None, "--class-conditional/--unconditional", help="Condition on labels (default: when the codes have labels)."),
     label_dropout: Optional[float] = typer.Option(None, "--label-dropout", help="Chance a training label is replaced by a null class, so the prior also learns p(grid) and `sample --guidance` works (default 0.1 for class-conditional priors, 0 otherwise)."),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these prior weights (same prior and sizes; dropout and --label-dropout may change: a null class added starts at the mean class)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these prior weights: the same prior, of their sizes or grown (-o channels=/layers= larger, for pixelcnn: it starts computing what they compute); dropout and --label-dropout may change: a null class added starts at the mean class."),
     val_codes: Optional[str] = typer.Option(None, "--val-codes", help="Held-out index-grid file (else a seeded split)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Seeded held-out fraction when no --val-codes (default 0.05)."),
     device: str = DeviceOpt,

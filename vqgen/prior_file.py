@@ -122,29 +122,44 @@ INIT_FREE_FIELDS = ("dropout", "label_dropout")
 
 @torch.no_grad()
 def start_from(prior: nn.Module, path, meta: dict, tensors: dict) -> None:
-    """Load a trained prior's weights into `prior` (train-prior --init-from): same prior and sizes, but dropout and
-    label dropout may change; a class embedding that gains the null class keeps its rows and starts the null
-    row at their mean (the average class: a start for p(grid) that a few thousand steps refine). Sampling options
-    (the prior's sampling_fields) may change too."""
+    """Load a trained prior's weights into `prior` (train-prior --init-from): the same prior, of the same sizes or
+    larger in its growable_fields (it then starts computing what the trained one computes); dropout, label
+    dropout and sampling options (the prior's sampling_fields) may change. A class embedding that gains the
+    null class keeps its rows and starts the null row at their mean (the average class: a start for p(grid)
+    that a few thousand steps refine)."""
+    cls = type(prior)
     cfg = asdict(prior.config)
-    free = (*INIT_FREE_FIELDS, *type(prior).sampling_fields)
+    free = (*INIT_FREE_FIELDS, *cls.sampling_fields)
+    grown = {}
     for k, v in meta["config"].items():
-        if k not in free and cfg.get(k) != v:
-            raise ConfigError(f"{{init_from}} {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
-                              f"only be started from one of the same shape (it may change only {', '.join(free)})")
+        if k in free or cfg.get(k) == v:
+            continue
+        if k in cls.growable_fields:
+            if not cfg[k] > v:
+                raise ConfigError(f"{{init_from}} {path} has {k}={v!r}; a run can only keep or grow it, not shrink "
+                                  f"it to {cfg[k]!r}")
+            grown[k] = v
+            continue
+        can = f"; it may grow {', '.join(cls.growable_fields)}" if cls.growable_fields else ""
+        raise ConfigError(f"{{init_from}} {path} has {k}={v!r} but this run has {k}={cfg.get(k)!r}; a prior can "
+                          f"only be started from one of the same shape (it may change only {', '.join(free)}{can})")
     own = prior.state_dict()
+    if prior.has_null_class and not (meta["config"].get("num_classes") and meta["config"].get("label_dropout")):
+        tensors = {k: torch.cat([t, t.mean(0, keepdim=True)]) if k in own and t.dim() == 2
+                   and t.shape[0] + 1 == own[k].shape[0] else t for k, t in tensors.items()}
+    if grown:
+        try:
+            prior.grow_from(tensors, dataclasses.replace(prior.config, **grown))
+        except ConfigError as e:
+            raise ConfigError(f"{{init_from}} {path}: {e}") from None
+        return
     for k, new in own.items():
         old = tensors.get(k)
         if old is None:
             raise ConfigError(f"{{init_from}} {path} lacks the tensor {k}; it is not a {meta['prior']} of this shape")
-        if old.shape == new.shape:
-            new.copy_(old)
-        elif prior.has_null_class and old.dim() == 2 and old.shape[0] + 1 == new.shape[0] \
-                and old.shape[1:] == new.shape[1:]:
-            new[:-1] = old
-            new[-1] = old.mean(0)
-        else:
+        if old.shape != new.shape:
             raise ConfigError(f"{{init_from}} {path}: {k} is {tuple(old.shape)}, this run needs {tuple(new.shape)}")
+        new.copy_(old)
 
 
 def check_compatible(prior_cfg, vqvae_sha: str, prior_sha: str, num_codes: int, h: int, w: int, what: str) -> None:
