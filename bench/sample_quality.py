@@ -351,7 +351,7 @@ def main() -> None:
             s.add_argument("--prior", default=None)
             s.add_argument("--guidance", type=float, default=None)
             s.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
-                           help="default: the library's (vqgen sample's) default")
+                           help="default: the library's default (vqgen sample's; for inpaint, vqgen inpaint's)")
             s.add_argument("--temperature", type=float, default=1.0)
             s.add_argument("--top-k", type=int, default=None)
             s.add_argument("--top-p", type=float, default=None)

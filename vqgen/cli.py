@@ -388,11 +388,11 @@ def inpaint(
     class_: Optional[str] = typer.Option(None, "--class", help="Complete as this class (default: each image's class "
                                          "folder when named like the prior's classes, else no class)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0 "
-                                             "towards the class (default: 5 with a class and a null class, else 0)."),
+                                             "towards the class (default: 6 with a class and a null class, else 0)."),
     guidance_schedule: Optional[str] = typer.Option(None, "--guidance-schedule", help="How W is spread over the "
                                                     "grid's positions: constant, or linear (rising from ~0 to ~2W "
                                                     "over the whole grid, kept positions included) (default: "
-                                                    "constant)."),
+                                                    "linear)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
