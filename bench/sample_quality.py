@@ -259,8 +259,7 @@ def calibrate(args) -> list[dict]:
 
 
 def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
-    import vqgen
-    from vqgen.sampling import DEFAULT_GUIDANCE_SCHEDULE
+    from vqgen.sampling import draw_samples
 
     guidance = args.guidance if guidance is None else guidance
     temperature = args.temperature if temperature is None else temperature
@@ -270,10 +269,10 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     n = refs[0].shape[0]
     t0 = time.perf_counter()
-    images, labels = vqgen.generate(2 * n, vqvae=args.vqvae, prior=args.prior, seed=args.seed,
-                                    temperature=temperature, top_k=args.top_k, top_p=args.top_p,
-                                    guidance=guidance, guidance_schedule=args.guidance_schedule,
-                                    batch_size=args.batch_size, return_labels=True, prior_options=args.prior_option)
+    s = draw_samples(2 * n, vqvae=args.vqvae, prior=args.prior, seed=args.seed, temperature=temperature,
+                     top_k=args.top_k, top_p=args.top_p, guidance=guidance, guidance_schedule=args.guidance_schedule,
+                     batch_size=args.batch_size, device="cpu", prior_options=args.prior_option)
+    images, labels = s.images, s.labels
     seconds = time.perf_counter() - t0
     f, p = embed(clf, images)
     if labels is None:
@@ -281,8 +280,8 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     else:
         labels = labels.cpu()
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
-    out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": guidance,
-           "guidance_schedule": args.guidance_schedule or DEFAULT_GUIDANCE_SCHEDULE, "temperature": temperature,
+    out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": s.guidance,
+           "guidance_schedule": s.guidance_schedule, "temperature": s.temperature,
            "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
@@ -293,13 +292,14 @@ def inpaint(args) -> dict:
     """Completions of each held-out half against the other half, and their PSNR on the kept region."""
     from vqgen.inpainting import inpaint_images
 
+    inpaint_temperature = 1.0 if args.temperature is None else args.temperature  # completions' own default
     clf = load_classifier(args.classifier)
     xa, ya, xb, yb, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     sets, kept, ceiling, seconds = [], [], [], 0.0
     for x, y in ((xb, yb), (xa, ya)):  # fold i is compared with the completions of the other half
         r = inpaint_images(x, args.region, 1, prior=args.prior, vqvae=args.vqvae, seed=args.seed,
-                           labels=None if args.no_class else y, temperature=args.temperature, top_k=args.top_k,
+                           labels=None if args.no_class else y, temperature=inpaint_temperature, top_k=args.top_k,
                            top_p=args.top_p, guidance=args.guidance, guidance_schedule=args.guidance_schedule,
                            batch_size=args.batch_size, device="cpu", prior_options=args.prior_option)
         f, p = embed(clf, r.images[:, 0])
@@ -310,7 +310,7 @@ def inpaint(args) -> dict:
         guidance = r.guidance
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "region": args.region,
            "given_class": not args.no_class, "guidance": guidance, "guidance_schedule": r.guidance_schedule,
-           "temperature": args.temperature, "seed": args.seed,
+           "temperature": inpaint_temperature, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "kept_psnr": sum(kept) / 2,
            "kept_psnr_reconstruction": sum(ceiling) / 2, "inpainting_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
@@ -352,7 +352,7 @@ def main() -> None:
             s.add_argument("--guidance", type=float, default=None)
             s.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
                            help="default: the library's default (vqgen sample's; for inpaint, vqgen inpaint's)")
-            s.add_argument("--temperature", type=float, default=1.0)
+            s.add_argument("--temperature", type=float, default=None)
             s.add_argument("--top-k", type=int, default=None)
             s.add_argument("--top-p", type=float, default=None)
             s.add_argument("--seed", type=int, default=0)

@@ -78,6 +78,30 @@ def test_sample_guidance_default_and_explicit(cli, trained_vqvae, priors, tmp_pa
     assert not torch.equal(grids["0"], grids["8"])
     s = json.loads(cli(*base, "--out", tmp_path / "u.png", "--unconditional").stdout)
     assert s["guidance"] == 0 and s["classes"] == []
+
+
+def test_sample_temperature_default_follows_guidance(cli, trained_vqvae, priors, tmp_path):
+    """A guided draw defaults to GUIDED_TEMPERATURE, an unguided one to 1, and --temperature overrides both."""
+    from vqgen.codes import read_codes
+    from vqgen.sampling import GUIDED_TEMPERATURE
+
+    vq = trained_vqvae["run"] / "vqvae.safetensors"
+    base = ["sample", "--vqvae", vq, "--n", "16", "--nrow", "4", "--json"]
+
+    def draw(name, prior, *extra):
+        s = json.loads(cli(*base, "--prior", prior, "--out", tmp_path / f"{name}.png",
+                           "--save-codes", tmp_path / f"{name}.safetensors", *extra).stdout)
+        return s["temperature"], read_codes(tmp_path / f"{name}.safetensors").codes
+
+    null, plain = (priors[k][0] / "prior.safetensors" for k in ("null", "plain"))
+    t, guided = draw("guided", null)
+    assert t == GUIDED_TEMPERATURE != 1.0
+    assert torch.equal(guided, draw("guided-explicit", null, "--temperature", str(GUIDED_TEMPERATURE))[1])
+    assert not torch.equal(guided, draw("guided-t1", null, "--temperature", "1")[1])
+    t, unguided = draw("unguided", null, "--guidance", "0")
+    assert t == 1.0 and torch.equal(unguided, draw("unguided-t1", null, "--guidance", "0", "--temperature", "1")[1])
+    assert draw("plain", plain)[0] == 1.0  # no null class: no guidance, so T = 1
+    assert draw("plain-hot", plain, "--temperature", "1.3")[0] == 1.3
     # a prior without a null class samples without guidance by default
     plain = priors["plain"][0] / "prior.safetensors"
     s = json.loads(cli("sample", "--prior", plain, "--vqvae", vq, "--n", "2", "--out", tmp_path / "p.png",

@@ -31,12 +31,13 @@ def load_prior(path=None, device="cpu"):
     return open_prior(path, device)[0]
 
 
-def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=1.0, top_k=None, top_p=None,
+def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=None, top_k=None, top_p=None,
              guidance=None, guidance_schedule=None, unconditional=False, batch_size=256, device="cpu",
              return_labels=False, prior_options=None):
     """What `vqgen sample` draws, as a (n, 3, H, W) float tensor in [0, 1] (with return_labels: and the (n,) class
-    asked for per image, None for an unconditional prior). Classes cycle when class_name is None; prior_options
-    (a dict, e.g. {"steps": 12} for maskgit) change the prior's sampling options."""
+    asked for per image, None for an unconditional prior). Classes cycle when class_name is None; guidance and
+    temperature None mean sample's defaults; prior_options (a dict, e.g. {"steps": 12} for maskgit) change the
+    prior's sampling options."""
     from vqgen.sampling import draw_samples
 
     s = draw_samples(n, prior=None if prior is None else str(prior), vqvae=None if vqvae is None else str(vqvae),

@@ -347,11 +347,12 @@ def sample(
     vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0: logits "
                                              "uncond + (1+W)(cond - uncond); 0 is plain conditional sampling (default: "
-                                             "6 for priors with a null class, else 0)."),
+                                             "7 for priors with a null class, else 0)."),
     guidance_schedule: Optional[str] = typer.Option(None, "--guidance-schedule", help="How W is spread over the "
                                                     "positions drawn: constant, or linear (rising from ~0 to ~2W, W "
                                                     "on average) (default: linear)."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Softmax temperature (default: 1.05 "
+                                                "when guided, else 1)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (class-conditional priors)."),

@@ -13,13 +13,16 @@ from vqgen.prior_file import check_compatible, open_prior
 from vqgen.runtime import autocast, inference_amp, resolve_device
 from vqgen.vqvae import open_vqvae
 
-# classifier-free guidance used when --guidance is not given, for priors with a null class, and how it is spread
-# over the positions of a draw (priors.sampling_utils). Chosen on the shipped pair against training images
-# (BENCHMARKS.md, "Sample quality"): with the linear schedule the Frechet distance falls to 16.9 at W = 6 (mean of
-# three seeds) and gains nothing at 7, while recall (diversity) falls slowly; the constant schedule (measured on
-# the 9,000-step prior) gave less recall at its best (0.40 against 0.49 for linear at the same W). Completions
-# (vqgen inpaint) have their own default (vqgen.inpainting.INPAINT_GUIDANCE).
-DEFAULT_GUIDANCE = 6.0
+# classifier-free guidance used when --guidance is not given, for priors with a null class, how it is spread over
+# the positions of a draw (priors.sampling_utils), and the temperature a guided draw uses when --temperature is not
+# given. Chosen on the shipped pair against training images (BENCHMARKS.md, "Sample quality"): at T = 1.05 the
+# Frechet distance falls to 16.3 at W = 7 (mean of three seeds; 16.9 at T = 1, W = 6; 16.9 at T = 1.1, W = 7) with
+# the same recall; guidance sharpens each position's distribution and a slightly higher temperature gives some of
+# the spread back. The constant schedule gave less recall at its best (0.40 against 0.49 for linear at the same
+# W). Unguided draws keep T = 1, where no other temperature was measured to help. Completions (vqgen inpaint) have
+# their own defaults (vqgen.inpainting.INPAINT_GUIDANCE, T = 1).
+DEFAULT_GUIDANCE = 7.0
+GUIDED_TEMPERATURE = 1.05
 DEFAULT_GUIDANCE_SCHEDULE = "linear"
 
 
@@ -62,6 +65,7 @@ class Samples:
     class_names: list[str] = field(default_factory=list)  # the prior's class names ([] when unconditional)
     guidance: float = 0.0  # the guidance weight used
     guidance_schedule: str = "constant"  # how it was spread over the positions
+    temperature: float = 1.0  # the softmax temperature used
     seconds: float = 0.0  # sampling and decoding, once the models were loaded
     prior_name: str = ""  # registry name of the prior
     prior_path: str = ""
@@ -78,7 +82,7 @@ def draw_samples(
     class_run: int = 1,
     unconditional: bool = False,
     seed: int = 0,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     guidance: float | None = None,
@@ -93,13 +97,15 @@ def draw_samples(
     Without class_name a class-conditional prior cycles through its classes, `class_run` consecutive samples per
     class (the CLI passes its grid width: one class per row); unconditional=True draws from p(grid) with the null
     class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise, spread over the
-    positions by guidance_schedule (None: DEFAULT_GUIDANCE_SCHEDULE; "constant" or "linear"). prior_options
+    positions by guidance_schedule (None: DEFAULT_GUIDANCE_SCHEDULE; "constant" or "linear"). temperature None means
+    GUIDED_TEMPERATURE when the draw is guided (guidance > 0), else 1. prior_options
     change the prior's sampling options (maskgit: steps, choice_temperature): a dict or `key=value` strings."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
     seed = seed_value("seed", seed)
     schedule = DEFAULT_GUIDANCE_SCHEDULE if guidance_schedule is None else guidance_schedule
-    check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=schedule)  # before loading
+    check_sampling_args(1.0 if temperature is None else temperature, top_k, top_p, guidance=guidance,
+                        guidance_schedule=schedule)  # before loading
     if unconditional and class_name is not None:
         raise OptionError("{unconditional=True} draws without a class; drop {class_name} (or {unconditional=True})",
                           "unconditional")
@@ -112,6 +118,8 @@ def draw_samples(
     num_classes = model_p.config.num_classes
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if model_p.has_null_class and not unconditional else 0.0
+    if temperature is None:
+        temperature = GUIDED_TEMPERATURE if guidance > 0 else 1.0
     labels = None
     if unconditional:
         if not model_p.has_null_class:
@@ -135,5 +143,5 @@ def draw_samples(
             images.append(model_v.decode(codes).float().cpu())
     return Samples(images=torch.cat(images), codes=torch.cat(grids), labels=labels,
                    class_names=list(pmeta["class_names"]) if num_classes else [], guidance=float(guidance),
-                   guidance_schedule=schedule, seconds=time.perf_counter() - t0, prior_name=pmeta["prior"],
+                   guidance_schedule=schedule, temperature=float(temperature), seconds=time.perf_counter() - t0, prior_name=pmeta["prior"],
                    prior_path=pmeta["path"], vqvae_sha256=vsha, num_codes=model_p.config.num_codes)

@@ -61,4 +61,5 @@ def sample(
                                         f"sample:{s.prior_path}"))
     return {"samples": n, "out": str(out), "seconds": s.seconds, "prior": s.prior_name,
             "seed": draw_options.get("seed", 0), "guidance": s.guidance, "guidance_schedule": s.guidance_schedule,
+            "temperature": s.temperature,
             "classes": drawn}
