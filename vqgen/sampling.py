@@ -17,10 +17,11 @@ from vqgen.vqvae import open_vqvae
 # the positions of a draw (priors.sampling_utils), and the temperature a guided draw uses when --temperature is not
 # given. Chosen on the shipped pair against training images (BENCHMARKS.md, "Sample quality"): at T = 1.05 the
 # Frechet distance falls to 16.3 at W = 7 (mean of three seeds; 16.9 at T = 1, W = 6; 16.9 at T = 1.1, W = 7; over
-# five seeds 16.6 against 16.9, within the seed noise) with higher class accuracy for every seed and the same recall (a likely reason, not a measured one: guidance sharpens each position's distribution, and a
-# slightly higher temperature gives some of the spread back). The constant schedule gave less recall at its best (0.40 against 0.49 for linear at the same
-# W). Unguided draws keep T = 1: no other temperature was measured for them. Completions (vqgen inpaint) have
-# their own defaults (vqgen.inpainting.INPAINT_GUIDANCE, T = 1).
+# five seeds 16.6 against 16.9, within the seed noise), with higher class accuracy for every seed and the same
+# recall. A likely reason, not a measured one: guidance sharpens each position's distribution, and a slightly
+# higher temperature gives some of the spread back. The constant schedule gave less recall at its best (0.40
+# against 0.49 for linear at the same W). Unguided draws keep T = 1: no other temperature was measured for them.
+# Completions (vqgen inpaint) have their own defaults (vqgen.inpainting.INPAINT_GUIDANCE, T = 1).
 DEFAULT_GUIDANCE = 7.0
 GUIDED_TEMPERATURE = 1.05
 DEFAULT_GUIDANCE_SCHEDULE = "linear"
