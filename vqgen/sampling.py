@@ -144,5 +144,6 @@ def draw_samples(
             images.append(model_v.decode(codes).float().cpu())
     return Samples(images=torch.cat(images), codes=torch.cat(grids), labels=labels,
                    class_names=list(pmeta["class_names"]) if num_classes else [], guidance=float(guidance),
-                   guidance_schedule=schedule, temperature=float(temperature), seconds=time.perf_counter() - t0, prior_name=pmeta["prior"],
-                   prior_path=pmeta["path"], vqvae_sha256=vsha, num_codes=model_p.config.num_codes)
+                   guidance_schedule=schedule, temperature=float(temperature), seconds=time.perf_counter() - t0,
+                   prior_name=pmeta["prior"], prior_path=pmeta["path"], vqvae_sha256=vsha,
+                   num_codes=model_p.config.num_codes)
