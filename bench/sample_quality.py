@@ -292,14 +292,13 @@ def inpaint(args) -> dict:
     """Completions of each held-out half against the other half, and their PSNR on the kept region."""
     from vqgen.inpainting import inpaint_images
 
-    inpaint_temperature = 1.0 if args.temperature is None else args.temperature  # completions' own default
     clf = load_classifier(args.classifier)
     xa, ya, xb, yb, _ = heldout_halves(args.data, args.reference)
     refs = [embed(clf, xa)[0], embed(clf, xb)[0]]
     sets, kept, ceiling, seconds = [], [], [], 0.0
     for x, y in ((xb, yb), (xa, ya)):  # fold i is compared with the completions of the other half
         r = inpaint_images(x, args.region, 1, prior=args.prior, vqvae=args.vqvae, seed=args.seed,
-                           labels=None if args.no_class else y, temperature=inpaint_temperature, top_k=args.top_k,
+                           labels=None if args.no_class else y, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, guidance=args.guidance, guidance_schedule=args.guidance_schedule,
                            batch_size=args.batch_size, device="cpu", prior_options=args.prior_option)
         f, p = embed(clf, r.images[:, 0])
@@ -310,7 +309,7 @@ def inpaint(args) -> dict:
         guidance = r.guidance
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "region": args.region,
            "given_class": not args.no_class, "guidance": guidance, "guidance_schedule": r.guidance_schedule,
-           "temperature": inpaint_temperature, "seed": args.seed,
+           "temperature": r.temperature, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "kept_psnr": sum(kept) / 2,
            "kept_psnr_reconstruction": sum(ceiling) / 2, "inpainting_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)

@@ -66,6 +66,29 @@ def test_kept_codes_are_the_images_own(cli, pair, tmp_path, prior, region, regen
     assert Image.open(out).size == (4 * 18 + 2, 3 * 18 + 2)
 
 
+def test_default_temperature_is_inpaints_own(cli, pair, tmp_path):
+    """Unset --temperature means INPAINT_TEMPERATURE (not sampling's guided 1.05): the same codes, reported. The
+    tiny prior's draws barely move between 1 and 1.05, so a far temperature shows that the codes can differ."""
+    from vqgen.inpainting import INPAINT_TEMPERATURE
+    from vqgen.sampling import GUIDED_TEMPERATURE
+
+    assert INPAINT_TEMPERATURE != GUIDED_TEMPERATURE
+    base = ["inpaint", *images(pair), "--region", "bottom", "--n", "4", "--prior", pair["pixelcnn"], "--vqvae",
+            pair["vqvae"], "--seed", "5", "--json"]
+    grids, reported = {}, {}
+    for tag, extra in (("unset", []), ("own", ["--temperature", INPAINT_TEMPERATURE]),
+                       ("guided", ["--temperature", GUIDED_TEMPERATURE]), ("far", ["--temperature", 4])):
+        saved = tmp_path / f"{tag}.safetensors"
+        out = cli(*base, *extra, "--out", tmp_path / f"{tag}.png", "--save-codes", saved).stdout
+        reported[tag] = json.loads(out)["temperature"]
+        grids[tag] = read_codes(saved).codes
+    assert reported == {"unset": INPAINT_TEMPERATURE, "own": INPAINT_TEMPERATURE, "guided": GUIDED_TEMPERATURE,
+                        "far": 4}
+    assert torch.equal(grids["unset"], grids["own"]) and not torch.equal(grids["unset"], grids["far"])
+    text = " ".join(cli("inpaint", "--help").stdout.replace("│", " ").split())
+    assert f"(default: {INPAINT_TEMPERATURE:g})" in text
+
+
 def test_completions_differ_across_seeds_and_repeat_for_a_seed(cli, pair, tmp_path):
     files = images(pair, 2)
     base = ["inpaint", *files, "--region", "right", "--n", "3", "--prior", pair["maskgit"], "--vqvae", pair["vqvae"]]

@@ -394,7 +394,7 @@ def inpaint(
                                                     "grid's positions: constant, or linear (rising from ~0 to ~2W "
                                                     "over the whole grid, kept positions included) (default: "
                                                     "linear)."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Softmax temperature (default: 1)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same completions."),

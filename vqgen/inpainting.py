@@ -71,9 +71,11 @@ def priors_keeping_any_positions() -> list[str]:
 
 # the guidance weight and schedule completions use when they are not given, chosen for them on training images
 # apart from sampling's (BENCHMARKS.md, "Completing images"): for the shipped prior linear is ahead of constant at
-# every W, and linear W=6 ahead of each schedule's pick by the 5%-a-step rule on every figure
+# every W, and linear W=6 ahead of each schedule's pick by the 5%-a-step rule on every figure; sampling's guided
+# temperature (1.05) made completions worse at W = 6 and 7, so they keep T = 1
 INPAINT_GUIDANCE = 6.0
 INPAINT_GUIDANCE_SCHEDULE = "linear"
+INPAINT_TEMPERATURE = 1.0
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Completions:
     conditioned: bool = False  # a class was asked for (not the null class)
     guidance: float = 0.0
     guidance_schedule: str = "constant"
+    temperature: float = INPAINT_TEMPERATURE
     kept_psnr: float = 0.0  # completions against the originals, on the pixels of the kept codes
     kept_psnr_reconstruction: float = 0.0  # the plain reconstructions against them on the same pixels: the ceiling
     seconds: float = 0.0  # encoding, sampling and decoding, once the models were loaded
@@ -127,7 +130,7 @@ def inpaint_images(
     vqvae: str | None = None,
     class_name: str | int | None = None,
     seed: int = 0,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     guidance: float | None = None,
@@ -148,11 +151,12 @@ def inpaint_images(
     class (a prior with a null class). guidance None means
     INPAINT_GUIDANCE when drawing given a class from a prior with a null class, 0 otherwise; guidance_schedule
     spreads it over the grid's raster positions (or a prior's steps), kept ones included, as in sampling
-    (None: INPAINT_GUIDANCE_SCHEDULE)."""
+    (None: INPAINT_GUIDANCE_SCHEDULE); temperature None means INPAINT_TEMPERATURE."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
     seed = seed_value("seed", seed)
     guidance_schedule = guidance_schedule or INPAINT_GUIDANCE_SCHEDULE
+    temperature = INPAINT_TEMPERATURE if temperature is None else temperature
     check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=guidance_schedule)
     dev = resolve_device(device)
     model_p, pmeta, model_v, vsha = open_pair(prior, vqvae, dev, prior_options)
@@ -214,7 +218,8 @@ def inpaint_images(
         originals=x, masked=torch.where(pixel_region, torch.tensor(MASKED_GREY), x), images=completed, codes=codes,
         image_codes=own, regenerate=regenerate, labels=labels,
         class_names=list(pmeta["class_names"]) if model_p.config.num_classes else [], conditioned=conditioned,
-        guidance=float(guidance), guidance_schedule=guidance_schedule, kept_psnr=kept_psnr(completed),
+        guidance=float(guidance), guidance_schedule=guidance_schedule, temperature=float(temperature),
+        kept_psnr=kept_psnr(completed),
         kept_psnr_reconstruction=kept_psnr(recon),
         seconds=seconds, prior_name=pmeta["prior"], prior_path=pmeta["path"], vqvae_sha256=vsha,
         num_codes=model_p.config.num_codes)

@@ -21,7 +21,7 @@ from vqgen.vqvae import open_vqvae
 # recall. A likely reason, not a measured one: guidance sharpens each position's distribution, and a slightly
 # higher temperature gives some of the spread back. The constant schedule gave less recall at its best (0.40
 # against 0.49 for linear at the same W). Unguided draws keep T = 1: no other temperature was measured for them.
-# Completions (vqgen inpaint) have their own defaults (vqgen.inpainting.INPAINT_GUIDANCE, T = 1).
+# Completions (vqgen inpaint) have their own defaults (vqgen.inpainting.INPAINT_GUIDANCE, INPAINT_TEMPERATURE).
 DEFAULT_GUIDANCE = 7.0
 GUIDED_TEMPERATURE = 1.05
 DEFAULT_GUIDANCE_SCHEDULE = "linear"

@@ -41,4 +41,4 @@ def inpaint(inputs: list[str], out: str | Path, *, region: str, n: int = 4, save
     return {"images": m, "completions": n, "region": str(region), "regenerated": int(g.sum()), "positions": g.numel(),
             "kept_psnr": r.kept_psnr, "kept_psnr_reconstruction": r.kept_psnr_reconstruction, "seconds": r.seconds,
             "prior": r.prior_name, "seed": options.get("seed", 0), "guidance": r.guidance,
-            "guidance_schedule": r.guidance_schedule, "out": str(out)}
+            "guidance_schedule": r.guidance_schedule, "temperature": r.temperature, "out": str(out)}
