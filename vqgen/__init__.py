@@ -47,7 +47,7 @@ def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=
     return (s.images, s.labels) if return_labels else s.images
 
 
-def inpaint(images, region="bottom", n=4, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=1.0,
+def inpaint(images, region="bottom", n=4, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=None,
             top_k=None, top_p=None, guidance=None, guidance_schedule=None, batch_size=256, device="cpu",
             prior_options=None, return_codes=False):
     """What `vqgen inpaint` draws: (b, n, 3, H, W) float completions in [0, 1] of `images` ((b, 3, H, W) uint8 or
