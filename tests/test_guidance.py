@@ -78,6 +78,11 @@ def test_sample_guidance_default_and_explicit(cli, trained_vqvae, priors, tmp_pa
     assert not torch.equal(grids["0"], grids["8"])
     s = json.loads(cli(*base, "--out", tmp_path / "u.png", "--unconditional").stdout)
     assert s["guidance"] == 0 and s["classes"] == []
+    # a prior without a null class samples without guidance by default
+    plain = priors["plain"][0] / "prior.safetensors"
+    s = json.loads(cli("sample", "--prior", plain, "--vqvae", vq, "--n", "2", "--out", tmp_path / "p.png",
+                       "--json").stdout)
+    assert s["guidance"] == 0
 
 
 def test_sample_temperature_default_follows_guidance(cli, trained_vqvae, priors, tmp_path):
@@ -102,11 +107,6 @@ def test_sample_temperature_default_follows_guidance(cli, trained_vqvae, priors,
     assert t == 1.0 and torch.equal(unguided, draw("unguided-t1", null, "--guidance", "0", "--temperature", "1")[1])
     assert draw("plain", plain)[0] == 1.0  # no null class: no guidance, so T = 1
     assert draw("plain-hot", plain, "--temperature", "1.3")[0] == 1.3
-    # a prior without a null class samples without guidance by default
-    plain = priors["plain"][0] / "prior.safetensors"
-    s = json.loads(cli("sample", "--prior", plain, "--vqvae", vq, "--n", "2", "--out", tmp_path / "p.png",
-                       "--json").stdout)
-    assert s["guidance"] == 0
 
 
 @pytest.mark.parametrize("args,code,phrase", [
