@@ -271,7 +271,8 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
     t0 = time.perf_counter()
     s = draw_samples(2 * n, vqvae=args.vqvae, prior=args.prior, seed=args.seed, temperature=temperature,
                      top_k=args.top_k, top_p=args.top_p, guidance=guidance, guidance_schedule=args.guidance_schedule,
-                     batch_size=args.batch_size, device="cpu", prior_options=args.prior_option)
+                     batch_size=args.batch_size, device="cpu", prior_options=args.prior_option,
+                     weak_prior=args.weak_prior, autoguidance=args.autoguidance)
     images, labels = s.images, s.labels
     seconds = time.perf_counter() - t0
     f, p = embed(clf, images)
@@ -282,6 +283,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": s.guidance,
            "guidance_schedule": s.guidance_schedule, "temperature": s.temperature,
+           "autoguidance": s.autoguidance, "weak_prior": args.weak_prior,
            "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
@@ -356,6 +358,9 @@ def main() -> None:
             s.add_argument("--top-p", type=float, default=None)
             s.add_argument("--seed", type=int, default=0)
             s.add_argument("--batch-size", type=int, default=250)
+        if name in ("measure", "sweep"):
+            s.add_argument("--weak-prior", default=None, help="autoguide away from this weaker prior")
+            s.add_argument("--autoguidance", type=float, default=None, help="autoguidance weight A (with --weak-prior)")
     for s in sub.choices.values():
         s.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
         s.add_argument("--json", type=Path, default=None, help="append the result(s) as JSON lines here")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Generator
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,9 @@ from priors.sampling_utils import check_sampling_args, draw, filter_logits, guid
 from vqgen.errors import ConfigError, check_positive
 
 Pick = Callable[[torch.Tensor], torch.Tensor]  # (n, K) logits of one position -> (n,) long codes
+# a raster decoding loop as a generator: yields each position's (n, K) logits, is sent its (n,) drawn codes,
+# returns the (n, H, W) grid
+Steps = Generator[torch.Tensor, torch.Tensor, torch.Tensor]
 
 # what a prior's log_prob is: the log-likelihood itself, a lower bound on it, or nothing (no log_prob)
 LIKELIHOODS = ("exact", "bound", "none")
@@ -57,17 +60,20 @@ class Known:
 
 
 class Sampling:
-    """How one `sample` call draws: temperature, top-k, top-p, the guidance weight and schedule, the torch.Generator.
+    """How one `sample` call draws: temperature, top-k, top-p, the guidance weight and schedule, the weak prior and
+    autoguidance weight, the torch.Generator.
 
     Every random number of a draw comes from `generator` (through `draw` and `uniform`), so the same seed gives
     the same grids; every code comes from `draw`, so the filters mean the same thing for every prior."""
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None, guidance: float = 0.0, null_label: int | None = None,
-                 guidance_schedule: str = "constant"):
+                 guidance_schedule: str = "constant", weak: "AutoregressivePrior | None" = None,
+                 autoguidance: float = 0.0):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generator, self.guidance, self.null_label = generator, float(guidance or 0.0), null_label
         self.guidance_schedule = guidance_schedule
+        self.weak, self.autoguidance = weak, float(autoguidance or 0.0)
 
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
         """(m, K) logits -> (m, K) float32 logits with temperature applied and filtered codes at -inf."""
@@ -89,6 +95,13 @@ class Sampling:
         cond, uncond = logits[:m].float(), logits[m:].float()
         w = guidance_weight(self.guidance, self.guidance_schedule, step, steps)
         return uncond + (1 + w) * (cond - uncond)
+
+    def autoguide(self, logits: torch.Tensor, cond: torch.Tensor, weak: torch.Tensor, step: int = 1,
+                  steps: int = 1) -> torch.Tensor:
+        """(m, K) logits to draw from, plus a * (cond - weak): away from the weak prior's (m, K) logits given the
+        same class and codes (autoguidance); a is the autoguidance weight under the guidance schedule."""
+        a = guidance_weight(self.autoguidance, self.guidance_schedule, step, steps)
+        return logits.float() + a * (cond.float() - weak.float())
 
     def guided(self, fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], codes: torch.Tensor,
                labels: torch.Tensor | None, step: int = 1, steps: int = 1) -> torch.Tensor:
@@ -274,6 +287,8 @@ class Prior(nn.Module):
         guidance: float | None = None,
         known=None,
         guidance_schedule: str = "constant",
+        weak: "Prior | None" = None,
+        autoguidance: float | None = None,
     ) -> torch.Tensor:
         """Draw n grids -> (n, H, W) long on the model's device.
 
@@ -281,34 +296,66 @@ class Prior(nn.Module):
         uncond + (1 + W) * (cond - uncond), given the label and given no class; None or 0 is plain conditional
         sampling; guidance_schedule "linear" raises the weight from ~0 to ~2W over the draw, W on average.
         labels=prior.null_label draws from p(grid). known=(codes, mask) keeps codes[mask] exactly and
-        draws the other positions given them (an AutoregressivePrior only when the kept ones are a raster prefix)."""
+        draws the other positions given them (an AutoregressivePrior only when the kept ones are a raster prefix).
+        autoguidance A > 0 with a `weak` prior (a smaller or less-trained AutoregressivePrior of the same grids and
+        classes) adds A * (cond - weak) to the logits drawn from, under the same schedule (Karras et al. 2024): away
+        from the weak prior's logits given the same class and codes."""
         return self._sample(self.sample_codes, n, labels, temperature, top_k, top_p, generator, guidance, known,
-                            guidance_schedule)
+                            guidance_schedule, weak, autoguidance)
 
     def _sample(self, sampler, n, labels, temperature, top_k, top_p, generator, guidance, known,
-                guidance_schedule="constant") -> torch.Tensor:
+                guidance_schedule="constant", weak=None, autoguidance=None) -> torch.Tensor:
         check_positive("n", n)
-        check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=guidance_schedule)
+        check_sampling_args(temperature, top_k, top_p, guidance=guidance, guidance_schedule=guidance_schedule,
+                            autoguidance=autoguidance)
         w = float(guidance or 0.0)
         if w and not self.has_null_class:
             raise ConfigError("guidance needs a class-conditional prior trained with label dropout (it has a null "
                               "class); this one has none: drop {guidance}, or train one with {label_dropout=0.1}")
+        a = float(autoguidance or 0.0)
+        if a:
+            self.check_weak(weak)
         dev = self.device
         if generator is not None and generator.device.type != dev.type:
             raise ConfigError(f"the torch.Generator is on {generator.device} but the prior is on {dev}; "
                               "create it with torch.Generator(device=...) on the prior's device")
         labels = self.check_labels(labels, n, strict_range=True)
+        if a and labels is not None:
+            weak.check_labels(labels, n, strict_range=True)
         known = self.check_known(known, n)
         how = Sampling(temperature, top_k, top_p, generator, w, self.null_label if self.has_null_class else None,
-                       guidance_schedule)
-        was_training = self.training
+                       guidance_schedule, weak if a else None, a)
+        was_training = self.training, weak.training if a else False
         self.eval()
+        if a:
+            weak.eval()
         try:
             with torch.inference_mode():
                 codes = sampler(n, labels, known, how)
         finally:
-            self.train(was_training)
+            self.train(was_training[0])
+            if a:
+                weak.train(was_training[1])
         return codes.clone()  # cloned outside inference mode: an ordinary tensor the caller may modify
+
+    def check_weak(self, weak) -> None:
+        """Refuse a weak prior this one cannot be autoguided with (ConfigError)."""
+        if not isinstance(self, AutoregressivePrior):
+            raise ConfigError(f"autoguidance needs a raster-order prior; the {type(self).name or type(self).__name__} "
+                              "prior is not one: drop {autoguidance}")
+        if not isinstance(weak, AutoregressivePrior):
+            raise ConfigError("autoguidance needs a weak prior in raster order (a smaller or less-trained PixelCNN or "
+                              "Transformer of the same codes): pass {weak_prior}, or drop {autoguidance}")
+        c, wc = self.config, weak.config
+        mine = (c.num_codes, c.height, c.width, c.num_classes)
+        theirs = (wc.num_codes, wc.height, wc.width, wc.num_classes)
+        if mine != theirs:
+            raise ConfigError(f"the weak prior models {wc.num_codes} codes on {wc.height}x{wc.width} grids with "
+                              f"{wc.num_classes} classes, this prior {c.num_codes} on {c.height}x{c.width} with "
+                              f"{c.num_classes}; autoguide with a weak prior of the same codes and classes")
+        if weak.device != self.device:
+            raise ConfigError(f"the weak prior is on {weak.device} but the prior is on {self.device}; move both to "
+                              "one device")
 
     def sample_codes(self, n: int, labels: torch.Tensor | None, known: Known | None, how: Sampling) -> torch.Tensor:
         """The sampler: n grids (n, H, W) long, keeping known.codes[known.mask] exactly, every code drawn with
@@ -355,26 +402,37 @@ class AutoregressivePrior(Prior):
     @torch.no_grad()
     def sample_naive(self, n: int, labels: torch.Tensor | int | None = None, temperature: float = 1.0,
                      top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                     guidance: float | None = None, known=None, guidance_schedule: str = "constant") -> torch.Tensor:
-        """Reference sampler: a full `logits` pass per position (H*W passes). Same draws as `sample`."""
-        return self._sample(lambda *a: self._raster(self.generate_naive, *a), n, labels, temperature, top_k, top_p,
-                            generator, guidance, known, guidance_schedule)
+                     guidance: float | None = None, known=None, guidance_schedule: str = "constant",
+                     weak: "Prior | None" = None, autoguidance: float | None = None) -> torch.Tensor:
+        """Reference sampler: a full `logits` pass per position (H*W passes), the weak prior's too. Same draws as
+        `sample`."""
+        return self._sample(lambda *a: self._raster(self.generate_naive, *a, naive=True), n, labels, temperature,
+                            top_k, top_p, generator, guidance, known, guidance_schedule, weak, autoguidance)
 
     def sample_codes(self, n: int, labels: torch.Tensor | None, known: Known | None, how: Sampling) -> torch.Tensor:
         return self._raster(self.generate, n, labels, known, how)
 
-    def _raster(self, gen_fn, n: int, labels, known: Known | None, how: Sampling) -> torch.Tensor:
-        """Run a raster decoding loop with a pick that draws through `how`, guides, and keeps `known`."""
+    def _raster(self, gen_fn, n: int, labels, known: Known | None, how: Sampling, naive: bool = False) -> torch.Tensor:
+        """Run a raster decoding loop with a pick that draws through `how`, guides, autoguides, and keeps `known`."""
         kept_codes = known.codes.flatten(1) if known is not None else None  # (n, H*W)
         kept = known.mask.flatten(1) if known is not None else None
         T = self.config.height * self.config.width
         position = iter(range(T))  # pick is called once per position
+        weak_steps = None
+        if how.autoguidance:  # the weak prior decodes in lockstep, sent the codes drawn here
+            weak_steps = (AutoregressivePrior.decode if naive else type(how.weak).decode)(how.weak, n, labels)
+            weak_logits = [next(weak_steps)]
 
         def pick(step_logits: torch.Tensor) -> torch.Tensor:  # (n, K), or (2n, K) guided: n rows, then n without class
             t = next(position)
-            code = how.draw(how.guide(step_logits, t + 1, T) if how.guidance else step_logits)
+            logits = how.guide(step_logits, t + 1, T) if how.guidance else step_logits
+            if weak_steps is not None:
+                logits = how.autoguide(logits, step_logits[:n], weak_logits[0], t + 1, T)
+            code = how.draw(logits)
             if kept is not None:  # drawn anyway, so the generator advances as without known positions
                 code = torch.where(kept[:, t], kept_codes[:, t], code)
+            if weak_steps is not None and t + 1 < T:
+                weak_logits[0] = weak_steps.send(code)
             return code.repeat(2) if how.guidance else code  # both streams continue from the same code
 
         if how.guidance:
@@ -384,8 +442,25 @@ class AutoregressivePrior(Prior):
 
     def generate(self, n: int, labels: torch.Tensor | None, pick: Pick) -> torch.Tensor:
         """The raster-order decoding loop: for each position, compute its (n, K) logits given the codes drawn
-        so far and set the codes to pick(logits). Override with a faster exact equivalent (caching)."""
-        return self.generate_naive(n, labels, pick)
+        so far and set the codes to pick(logits). It runs `decode`; a prior makes it fast by overriding `decode`
+        (or, as before `decode` existed, this) with an exact cached equivalent."""
+        steps = self.decode(n, labels)
+        logits = next(steps)
+        try:
+            while True:
+                logits = steps.send(pick(logits))
+        except StopIteration as done:
+            return done.value
+
+    def decode(self, n: int, labels: torch.Tensor | None) -> Steps:
+        """The decoding loop as a generator (see Steps), so that two priors can decode in lockstep (autoguidance):
+        this one is the reference, a full `logits` pass per position."""
+        c = self.config
+        codes = torch.zeros(n, c.height, c.width, dtype=torch.long, device=self.device)
+        for i in range(c.height):
+            for j in range(c.width):
+                codes[:, i, j] = yield self.logits(codes, labels)[:, :, i, j]
+        return codes
 
     def generate_naive(self, n: int, labels: torch.Tensor | None, pick: Pick) -> torch.Tensor:
         c = self.config

@@ -432,6 +432,10 @@ def _fast_matches_naive(name, num_classes):
     kw["known"] = (grids(prior, n, seed=8), prefix)
     _require(torch.equal(prior.sample(n, generator=gen(6), **kw), prior.sample_naive(n, generator=gen(6), **kw)),
              "sample and sample_naive differ given a known raster prefix")
+    # autoguided: a weak prior of the same kind decodes in lockstep (its `decode`) against the reference loops
+    kw = dict(labels=labels, temperature=0.9, weak=make(name, seed=1, num_classes=num_classes), autoguidance=1.5)
+    _require(torch.equal(prior.sample(n, generator=gen(7), **kw), prior.sample_naive(n, generator=gen(7), **kw)),
+             "autoguided sample and sample_naive differ: decode's logits are not generate_naive's")
     if num_classes and prior.supports_null_class:  # guided: both streams stay exact
         guided = make(name, num_classes=num_classes, label_dropout=0.1)
         kw = dict(labels=labels, temperature=0.9, top_k=9, guidance=2.0)
@@ -443,7 +447,8 @@ def _fast_matches_naive(name, num_classes):
 
 
 def check_fast_sampler_matches_naive(name):
-    """`generate` (fast) must see the same logits at every step as `generate_naive` and so draw the same codes."""
+    """`generate` (fast) must see the same logits at every step as `generate_naive` and so draw the same codes,
+    also as the weak prior of autoguidance (stepped through `decode`)."""
     _fast_matches_naive(name, 0)
     _fast_matches_naive(name, 3)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.base import AutoregressivePrior, Pick, PriorConfig
+from priors.base import AutoregressivePrior, PriorConfig, Steps
 from vqgen.errors import ConfigError
 
 
@@ -172,8 +172,8 @@ class PixelCNN(AutoregressivePrior):
             skips = skips + s
         return self.head(skips)
 
-    def generate(self, n: int, labels: torch.Tensor | None, pick: Pick) -> torch.Tensor:
-        """Exact cached sampler (see module docstring); the same draws as generate_naive.
+    def decode(self, n: int, labels: torch.Tensor | None) -> Steps:
+        """Exact cached decoding loop (see module docstring); the same logits as generate_naive's.
 
         Per row, each layer's vertical conv runs on just the k//2+1 cached rows it reads; per position, the
         horizontal stack and head run as matrix products on the cached (k//2+1)-wide window of that row
@@ -229,7 +229,7 @@ class PixelCNN(AutoregressivePrior):
                         torch.add(h_in[:, j + p], res, out=hin[li + 1][:, j + p])
                     skips = skips + skip
                 hidden = F.relu(F.linear(F.relu(skips), w1, head1.bias))
-                code = pick(F.linear(hidden, w2, head2.bias))
+                code = yield F.linear(hidden, w2, head2.bias)
                 codes[:, i, j] = code
                 e = self.embed(code)  # (n, C)
                 if j + 1 < W:

@@ -29,7 +29,8 @@ def guidance_weight(guidance: float, schedule: str, step: int = 1, steps: int = 
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                        guidance: float | None = None, guidance_schedule: str | None = None) -> None:
+                        guidance: float | None = None, guidance_schedule: str | None = None,
+                        autoguidance: float | None = None) -> None:
     """Raise OptionError for a filter setting that has no meaning."""
     if guidance_schedule is not None and guidance_schedule not in GUIDANCE_SCHEDULES:
         raise OptionError(f"{{guidance_schedule}} must be one of {', '.join(GUIDANCE_SCHEDULES)}, got "
@@ -40,6 +41,10 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
     if guidance is not None and guidance > MAX_GUIDANCE:
         raise OptionError(f"{{guidance}} must be between 0 and {MAX_GUIDANCE:g}, got {guidance!r}", "guidance",
                           guidance, f"0 to {MAX_GUIDANCE:g}")
+    check_at_least("autoguidance", autoguidance, 0, integer=False)
+    if autoguidance is not None and autoguidance > MAX_GUIDANCE:
+        raise OptionError(f"{{autoguidance}} must be between 0 and {MAX_GUIDANCE:g}, got {autoguidance!r}",
+                          "autoguidance", autoguidance, f"0 to {MAX_GUIDANCE:g}")
     check_positive("top_k", top_k)
     check_fraction("top_p", top_p, high_open=False)
 

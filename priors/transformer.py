@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors.base import AutoregressivePrior, Pick, PriorConfig
+from priors.base import AutoregressivePrior, PriorConfig, Steps
 from vqgen.errors import ConfigError
 
 
@@ -139,7 +139,7 @@ class Transformer(AutoregressivePrior):
         out = self.head(self.ln_f(x))  # (b, H*W, K)
         return out.transpose(1, 2).reshape(b, -1, H, W)
 
-    def generate(self, n: int, labels: torch.Tensor | None, pick: Pick) -> torch.Tensor:
+    def decode(self, n: int, labels: torch.Tensor | None) -> Steps:
         c = self.config
         T = c.height * c.width
         dev = self.device
@@ -154,7 +154,7 @@ class Transformer(AutoregressivePrior):
             x = x + pos[t]
             for blk, (ck, cv) in zip(self.blocks, caches):
                 x = blk.step(x, ck, cv, t)
-            code = pick(self.head(self.ln_f(x))[:, 0])
+            code = yield self.head(self.ln_f(x))[:, 0]
             codes[:, t] = code
             x = self.tok(code)[:, None, :]
         return codes.view(n, c.height, c.width)

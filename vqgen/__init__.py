@@ -33,17 +33,19 @@ def load_prior(path=None, device="cpu"):
 
 def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=None, top_k=None, top_p=None,
              guidance=None, guidance_schedule=None, unconditional=False, batch_size=256, device="cpu",
-             return_labels=False, prior_options=None):
+             return_labels=False, prior_options=None, weak_prior=None, autoguidance=None):
     """What `vqgen sample` draws, as a (n, 3, H, W) float tensor in [0, 1] (with return_labels: and the (n,) class
     asked for per image, None for an unconditional prior). Classes cycle when class_name is None; guidance and
     temperature None mean sample's defaults; prior_options (a dict, e.g. {"steps": 12} for maskgit) change the
-    prior's sampling options."""
+    prior's sampling options; weak_prior with autoguidance A > 0 guides away from that weaker prior (off by
+    default)."""
     from vqgen.sampling import draw_samples
 
     s = draw_samples(n, prior=None if prior is None else str(prior), vqvae=None if vqvae is None else str(vqvae),
                      class_name=class_name, unconditional=unconditional, seed=seed, temperature=temperature,
                      top_k=top_k, top_p=top_p, guidance=guidance, guidance_schedule=guidance_schedule,
-                     batch_size=batch_size, device=device, prior_options=prior_options)
+                     batch_size=batch_size, device=device, prior_options=prior_options,
+                     weak_prior=None if weak_prior is None else str(weak_prior), autoguidance=autoguidance)
     return (s.images, s.labels) if return_labels else s.images
 
 

@@ -355,6 +355,11 @@ def sample(
                                                 "when guided, else 1)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
+    weak_prior: Optional[str] = typer.Option(None, "--weak-prior", help="A smaller or less-trained raster prior of "
+                                             "the same codes and classes, to autoguide away from (with "
+                                             "--autoguidance)."),
+    autoguidance: Optional[float] = typer.Option(None, "--autoguidance", help="Autoguidance weight A >= 0: adds "
+                                                 "A(cond - weak) to the logits, spread like W (default: 0, off)."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (class-conditional priors)."),
     unconditional: bool = typer.Option(False, "--unconditional", help="Draw from p(grid), with no class (a class-conditional prior trained with --label-dropout)."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same images."),
@@ -372,7 +377,7 @@ def sample(
     emit(run(n, out, prior=prior, vqvae=vqvae, temperature=temperature, top_k=top_k, top_p=top_p, class_=class_,
              seed=seed, nrow=nrow, save_codes=save_codes, device=device, batch_size=batch_size, amp=amp,
              guidance=guidance, guidance_schedule=guidance_schedule, unconditional=unconditional,
-             prior_options=opt), as_json)
+             prior_options=opt, weak_prior=weak_prior, autoguidance=autoguidance), as_json)
 
 
 @app.command(epilog="Example: vqgen inpaint photo.png --region bottom --n 4 --out completed.png")

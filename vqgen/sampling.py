@@ -66,6 +66,8 @@ class Samples:
     class_names: list[str] = field(default_factory=list)  # the prior's class names ([] when unconditional)
     guidance: float = 0.0  # the guidance weight used
     guidance_schedule: str = "constant"  # how it was spread over the positions
+    autoguidance: float = 0.0  # the autoguidance weight used (0: none)
+    weak_prior_path: str = ""  # the weak prior autoguided away from ("" when none)
     temperature: float = 1.0  # the softmax temperature used
     seconds: float = 0.0  # sampling and decoding, once the models were loaded
     prior_name: str = ""  # registry name of the prior
@@ -92,6 +94,8 @@ def draw_samples(
     device: str = "auto",
     amp: bool | None = None,
     prior_options: dict | list[str] | None = None,
+    weak_prior: str | None = None,
+    autoguidance: float | None = None,
 ) -> Samples:
     """Draw n index grids from a prior (default: the shipped one) and decode them with its VQ-VAE.
 
@@ -100,13 +104,25 @@ def draw_samples(
     class. guidance None means DEFAULT_GUIDANCE for a prior that has a null class, 0 otherwise, spread over the
     positions by guidance_schedule (None: DEFAULT_GUIDANCE_SCHEDULE; "constant" or "linear"). temperature None means
     GUIDED_TEMPERATURE when the draw is guided (guidance > 0), else 1. prior_options
-    change the prior's sampling options (maskgit: steps, choice_temperature): a dict or `key=value` strings."""
+    change the prior's sampling options (maskgit: steps, choice_temperature): a dict or `key=value` strings.
+    weak_prior (a smaller or less-trained raster prior of the same codes and classes) with autoguidance A > 0
+    adds A * (cond - weak) to the logits, under the same schedule (Karras et al. 2024); off unless asked for:
+    it was measured on the shipped pair and not made a default (BENCHMARKS.md, "Autoguidance")."""
     check_positive("n", n)
     check_positive("batch_size", batch_size)
     seed = seed_value("seed", seed)
     schedule = DEFAULT_GUIDANCE_SCHEDULE if guidance_schedule is None else guidance_schedule
     check_sampling_args(1.0 if temperature is None else temperature, top_k, top_p, guidance=guidance,
-                        guidance_schedule=schedule)  # before loading
+                        guidance_schedule=schedule, autoguidance=autoguidance)  # before loading
+    if autoguidance and weak_prior is None:
+        raise OptionError("{autoguidance} guides away from a weak prior: pass {weak_prior} too (a smaller or "
+                          "less-trained prior of the same codes)", "autoguidance")
+    if weak_prior is not None and not autoguidance:
+        raise OptionError("{weak_prior} is used only with {autoguidance} > 0: give both, or drop {weak_prior}",
+                          "weak_prior")
+    if autoguidance and unconditional:
+        raise OptionError("{autoguidance} is measured given a class; {unconditional=True} draws without one: drop "
+                          "one of them", "autoguidance")
     if unconditional and class_name is not None:
         raise OptionError("{unconditional=True} draws without a class; drop {class_name} (or {unconditional=True})",
                           "unconditional")
@@ -115,6 +131,12 @@ def draw_samples(
                           "them", "guidance")
     dev = resolve_device(device)
     model_p, pmeta, model_v, vsha = open_pair(prior, vqvae, dev, prior_options)
+    weak, wmeta = None, {}
+    if autoguidance:
+        weak, wmeta = open_prior(weak_prior, str(dev))
+        g = model_v.config.grid
+        check_compatible(weak.config, vsha, wmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
+        model_p.check_weak(weak)
     check_count(n, model_v.config.image_size)
     num_classes = model_p.config.num_classes
     if guidance is None:
@@ -139,11 +161,14 @@ def draw_samples(
         for i in range(0, n, batch_size):
             lab = labels[i : i + batch_size].to(dev) if labels is not None else None
             codes = model_p.sample(min(batch_size, n - i), labels=lab, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, generator=gen, guidance=guidance, guidance_schedule=schedule)
+                                   top_p=top_p, generator=gen, guidance=guidance, guidance_schedule=schedule,
+                                   weak=weak, autoguidance=autoguidance)
             grids.append(codes.cpu())
             images.append(model_v.decode(codes).float().cpu())
     return Samples(images=torch.cat(images), codes=torch.cat(grids), labels=labels,
                    class_names=list(pmeta["class_names"]) if num_classes else [], guidance=float(guidance),
-                   guidance_schedule=schedule, temperature=float(temperature), seconds=time.perf_counter() - t0,
+                   guidance_schedule=schedule, autoguidance=float(autoguidance or 0.0),
+                   weak_prior_path=wmeta.get("path", ""), temperature=float(temperature),
+                   seconds=time.perf_counter() - t0,
                    prior_name=pmeta["prior"], prior_path=pmeta["path"], vqvae_sha256=vsha,
                    num_codes=model_p.config.num_codes)

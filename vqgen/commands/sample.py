@@ -36,7 +36,10 @@ def sample(
     outputs = [out_file("out", out) if as_grid else out_folder("out", out, files)]
     if save_codes:
         outputs.append(out_file("save_codes", save_codes))
-    check_outputs({"prior": draw_options["prior"], "vqvae": draw_options["vqvae"]}, outputs)
+    inputs = {"prior": draw_options["prior"], "vqvae": draw_options["vqvae"]}
+    if draw_options.get("weak_prior"):
+        inputs["weak_prior"] = draw_options["weak_prior"]
+    check_outputs(inputs, outputs)
     s = draw_samples(n, class_name=class_, class_run=nrow, **draw_options)
     num_classes = len(s.class_names)
     names = s.class_names or [str(i) for i in range(num_classes)]
@@ -61,5 +64,5 @@ def sample(
                                         f"sample:{s.prior_path}"))
     return {"samples": n, "out": str(out), "seconds": s.seconds, "prior": s.prior_name,
             "seed": draw_options.get("seed", 0), "guidance": s.guidance, "guidance_schedule": s.guidance_schedule,
-            "temperature": s.temperature,
-            "classes": drawn}
+            "temperature": s.temperature, "autoguidance": s.autoguidance,
+            "weak_prior": s.weak_prior_path or None, "classes": drawn}
