@@ -8,7 +8,7 @@
 # exactly how the shipped weights were trained (docs/model-card.md); append a leg to train further.
 # The shipped pair is the one whose samples measured best (BENCHMARKS.md, "Sample quality"): the paper's
 # K=512 codes, the default network grown wider and deeper, and a prior fine-tuned with a null class for
-# classifier-free guidance.
+# classifier-free guidance, plus a small, briefly trained prior that `vqgen sample` autoguides it away from.
 #
 #   bash scripts/train-default.sh
 #   FINETUNE_LEGS="3000 6000 9000 12000 15000" bash scripts/train-default.sh
@@ -24,6 +24,8 @@ GROWN_ARGS=${GROWN_ARGS:-"--hidden 192 --res-blocks 4 --res-channels 64"}
 PRIOR_LEGS=${PRIOR_LEGS:-"5000 8000"}
 PRIOR_ARGS=${PRIOR_ARGS:-""}  # prior options for a new run, e.g. "-o channels=128" (the shipped prior: the default)
 FINETUNE_LEGS=${FINETUNE_LEGS:-"3000 6000 9000 12000"}
+WEAK_LEGS=${WEAK_LEGS:-"2500"}
+WEAK_ARGS=${WEAK_ARGS:-"-o channels=64 -o layers=8"}  # the weak prior's size: a third of the default's parameters
 SEED=${SEED:-0}
 
 if [ ! -d "$DATA" ]; then
@@ -74,8 +76,17 @@ for steps in $FINETUNE_LEGS; do
     --label-dropout 0.1 -o dropout=0.2 --lr 1e-3 --seed "$SEED" --steps "$steps" --json
 done
 
+# stage 2, weak: a smaller PixelCNN trained briefly from scratch on the same grids, with a null class; `vqgen sample`
+# autoguides the shipped prior away from it (vqgen.sampling.DEFAULT_AUTOGUIDANCE, chosen by measured samples)
+for steps in $WEAK_LEGS; do
+  stage prior-weak "$WEAK_ARGS" vqgen train-prior --codes "$RUN_ROOT/codes-train.safetensors" \
+    --val-codes "$RUN_ROOT/codes-val.safetensors" --class-conditional --label-dropout 0.1 -o dropout=0.2 \
+    --seed "$SEED" --steps "$steps" --eval-every 500 --json
+done
+
 cp "$VQ" vqgen/weights/vqvae.safetensors
 cp "$RUN_ROOT/prior-cfg/prior.safetensors" vqgen/weights/prior.safetensors
+cp "$RUN_ROOT/prior-weak/prior.safetensors" vqgen/weights/prior-weak.safetensors
 # the files just copied (named: an installed, non-editable vqgen would otherwise evaluate its own copies)
 vqgen evaluate --vqvae vqgen/weights/vqvae.safetensors --prior vqgen/weights/prior.safetensors \
   --data "$DATA" --split val --json "$RUN_ROOT/evaluate-val.json"

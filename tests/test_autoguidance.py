@@ -145,7 +145,6 @@ def test_sample_autoguidance_from_the_cli(cli, trained_vqvae, two_priors, tmp_pa
 
 @pytest.mark.parametrize("args,code,phrase", [
     (["--autoguidance", "2"], 2, "--weak-prior"),
-    (["--weak-prior", "WEAK"], 2, "--autoguidance"),
     (["--weak-prior", "WEAK", "--autoguidance", "-1"], 2, "--autoguidance"),
     (["--weak-prior", "WEAK", "--autoguidance", "nan"], 2, "--autoguidance"),
     (["--weak-prior", "WEAK", "--autoguidance", "2", "--unconditional"], 2, "--unconditional"),
@@ -161,6 +160,19 @@ def test_sample_autoguidance_refusals(cli, trained_vqvae, two_priors, tmp_path, 
     res = cli("sample", "--prior", strong, "--vqvae", vq, "--n", "2", "--out", out, *args, ok=False)
     assert res.exit_code == code and phrase in res.output and "Traceback" not in res.output, res.output
     assert not out.exists()
+
+
+def test_a_weak_prior_alone_autoguides_at_the_defaults(cli, trained_vqvae, two_priors, tmp_path):
+    from vqgen.sampling import AUTOGUIDED_GUIDANCE, DEFAULT_AUTOGUIDANCE
+
+    vq = trained_vqvae["run"] / "vqvae.safetensors"
+    strong, weak = two_priors
+    s = json.loads(cli("sample", "--prior", strong, "--vqvae", vq, "--n", "4", "--json", "--out", tmp_path / "a.png",
+                       "--weak-prior", weak).stdout)
+    assert s["autoguidance"] == DEFAULT_AUTOGUIDANCE and s["guidance"] == AUTOGUIDED_GUIDANCE
+    s = json.loads(cli("sample", "--prior", strong, "--vqvae", vq, "--n", "4", "--json", "--out", tmp_path / "b.png",
+                       "--weak-prior", weak, "--autoguidance", "0").stdout)
+    assert s["autoguidance"] == 0 and s["weak_prior"] is None
 
 
 def test_the_api_autoguides_like_the_cli(trained_vqvae, two_priors):

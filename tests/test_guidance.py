@@ -207,11 +207,14 @@ def test_a_prior_without_growable_sizes_is_refused_growth(cli, codes, tmp_path):
 def test_help_states_the_default_guidance(cli):
     """--help names the default weight (written out there: the CLI module does not import the sampling code)."""
     from vqgen.inpainting import INPAINT_GUIDANCE
-    from vqgen.sampling import DEFAULT_GUIDANCE
+    from vqgen.sampling import AUTOGUIDED_GUIDANCE, DEFAULT_AUTOGUIDANCE, DEFAULT_GUIDANCE
 
-    for cmd, w in (("sample", DEFAULT_GUIDANCE), ("inpaint", INPAINT_GUIDANCE)):
+    for cmd, w in (("sample", AUTOGUIDED_GUIDANCE), ("inpaint", INPAINT_GUIDANCE)):
         text = " ".join(cli(cmd, "--help").stdout.replace("│", " ").split())  # rich wraps help inside a box
         assert f"default: {w:g} " in text, cmd
+    text = " ".join(cli("sample", "--help").stdout.replace("│", " ").split())
+    assert f"else {DEFAULT_GUIDANCE:g} for priors with a null class" in text
+    assert f"(default: {DEFAULT_AUTOGUIDANCE:g} with a weak prior" in text
 
 
 def test_help_states_the_default_guidance_schedule(cli):

@@ -26,7 +26,8 @@ RECIPE = REPO / "scripts" / "train-default.sh"
 
 def _run_recipe(tree: Path, data: Path, runs: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATA": str(data), "RUN_ROOT": str(runs), "VQ_LEGS": "2 3", "GROWN_LEGS": "2",
-           "PRIOR_LEGS": "2 3", "FINETUNE_LEGS": "1 2", "VQ_ARGS": shlex.join(TINY_VQVAE_ARGS),
+           "PRIOR_LEGS": "2 3", "FINETUNE_LEGS": "1 2", "WEAK_LEGS": "2 3",
+           "WEAK_ARGS": shlex.join(TINY_PRIOR), "VQ_ARGS": shlex.join(TINY_VQVAE_ARGS),
            "GROWN_ARGS": "--hidden 24 --res-blocks 2 --res-channels 8", "PRIOR_ARGS": shlex.join(TINY_PRIOR),
            "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(["bash", str(tree / "scripts" / "train-default.sh")], env=env, capture_output=True,
@@ -45,6 +46,7 @@ def test_recipe_defaults_are_the_default_network_grown_with_512_codes():
     assert VQVAEConfig().num_codes == 512 and (VQVAEConfig().hidden, VQVAEConfig().res_blocks) == (128, 2)
     assert _default("GROWN_ARGS") == ["--hidden", "192", "--res-blocks", "4", "--res-channels", "64"]
     assert _default("FINETUNE_LEGS") == ["3000", "6000", "9000", "12000"]
+    assert _default("WEAK_LEGS") == ["2500"] and _default("WEAK_ARGS") == ["-o", "channels=64", "-o", "layers=8"]
 
 
 @pytest.mark.slow
@@ -64,10 +66,12 @@ def test_recipe_trains_every_stage_copies_a_matching_pair_and_resumes_legs(tmp_p
     meta = read_header(prior)[1]
     assert meta["vqvae_sha256"] == file_sha256(vq)  # the prior learned the shipped VQ-VAE's codes
     assert json.loads(meta["config"])["label_dropout"] == 0.1  # the fine-tuned prior, with its null class
+    weak = read_header(tree / "vqgen" / "weights" / "prior-weak.safetensors")[1]
+    assert weak["vqvae_sha256"] == file_sha256(vq) and weak["num_codes"] == meta["num_codes"]
     assert json.loads(read_header(runs / "prior" / "prior.safetensors")[1]["config"])["label_dropout"] == 0
     figures = json.loads((runs / "evaluate-val.json").read_text())
     assert figures["vqvae"].endswith("vqgen/weights/vqvae.safetensors") and figures["codes_used"] >= 1
-    for stage in ("vq", "prior", "prior-cfg"):  # each stage's second leg continued its first
+    for stage in ("vq", "prior", "prior-cfg", "prior-weak"):  # each stage's second leg continued its first
         events = [json.loads(x).get("event") for x in (runs / stage / "metrics.jsonl").read_text().splitlines()]
         assert events.count("resume") == 1, stage
         assert f"resuming {runs / stage} at step" in res.stderr

@@ -14,8 +14,9 @@ from vqgen.weights import shipped
 
 
 def test_shipped_weights_fit_and_belong_together():
-    vq_path, prior_path = shipped("vqvae"), shipped("prior")
-    assert vq_path.stat().st_size + prior_path.stat().st_size <= 20 * 2**20  # the package budget
+    vq_path, prior_path, weak_path = shipped("vqvae"), shipped("prior"), shipped("weak_prior")
+    sizes = sum(p.stat().st_size for p in (vq_path, prior_path, weak_path))
+    assert sizes <= 20 * 2**20  # the package budget
     vqvae, _ = load_vqvae(vq_path)
     prior, meta = load_prior(prior_path)
     assert meta["prior"] == "pixelcnn"  # the default prior is what ships
@@ -24,6 +25,31 @@ def test_shipped_weights_fit_and_belong_together():
     assert (prior.config.height, prior.config.width) == (vqvae.config.grid,) * 2
     assert len(meta["class_names"]) == prior.config.num_classes == 10
     assert "airplane" in meta["class_names"] and "truck" in meta["class_names"]
+    weak, wmeta = load_prior(weak_path)  # what the shipped prior is autoguided away from: the same codes, smaller
+    assert wmeta["vqvae_sha256"] == meta["vqvae_sha256"] and wmeta["class_names"] == meta["class_names"]
+    prior.check_weak(weak)
+    assert sum(p.numel() for p in weak.parameters()) < sum(p.numel() for p in prior.parameters()) / 2
+
+
+@pytest.mark.slow
+def test_the_shipped_prior_is_autoguided_by_default(cli, tmp_path):
+    from vqgen.sampling import AUTOGUIDED_GUIDANCE, DEFAULT_AUTOGUIDANCE, DEFAULT_GUIDANCE
+
+    base = ["sample", "--n", 8, "--nrow", 4, "--json", "--save-codes"]
+    s = json.loads(cli(*base, tmp_path / "a.safetensors", "--out", tmp_path / "a.png").stdout)
+    assert s["autoguidance"] == DEFAULT_AUTOGUIDANCE and s["guidance"] == AUTOGUIDED_GUIDANCE
+    assert s["weak_prior"] == str(shipped("weak_prior"))
+    explicit = ["--weak-prior", shipped("weak_prior"), "--autoguidance", DEFAULT_AUTOGUIDANCE, "--guidance",
+                AUTOGUIDED_GUIDANCE]
+    cli(*base, tmp_path / "b.safetensors", "--out", tmp_path / "b.png", *explicit)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    off = json.loads(cli(*base, tmp_path / "c.safetensors", "--out", tmp_path / "c.png", "--autoguidance", 0).stdout)
+    assert off["autoguidance"] == 0 and off["weak_prior"] is None and off["guidance"] == DEFAULT_GUIDANCE
+    from vqgen.codes import read_codes
+
+    assert not torch.equal(read_codes(tmp_path / "a.safetensors").codes, read_codes(tmp_path / "c.safetensors").codes)
+    free = json.loads(cli("sample", "--n", 4, "--json", "--unconditional", "--out", tmp_path / "u.png").stdout)
+    assert free["autoguidance"] == 0 and free["guidance"] == 0  # measured given a class only
 
 @pytest.mark.slow
 def test_sample_with_no_weights_named(cli, tmp_path):

@@ -37,8 +37,8 @@ def generate(n, class_name=None, seed=0, *, prior=None, vqvae=None, temperature=
     """What `vqgen sample` draws, as a (n, 3, H, W) float tensor in [0, 1] (with return_labels: and the (n,) class
     asked for per image, None for an unconditional prior). Classes cycle when class_name is None; guidance and
     temperature None mean sample's defaults; prior_options (a dict, e.g. {"steps": 12} for maskgit) change the
-    prior's sampling options; weak_prior with autoguidance A > 0 guides away from that weaker prior (off by
-    default)."""
+    prior's sampling options; weak_prior with autoguidance A > 0 guides away from that weaker prior (None: sample's
+    defaults, which autoguide the shipped prior away from the shipped weak prior)."""
     from vqgen.sampling import draw_samples
 
     s = draw_samples(n, prior=None if prior is None else str(prior), vqvae=None if vqvae is None else str(vqvae),

@@ -347,7 +347,8 @@ def sample(
     vqvae: Optional[str] = typer.Option(None, "--vqvae", help="VQ-VAE weights (default: the shipped CIFAR-10 model)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight W >= 0: logits "
                                              "uncond + (1+W)(cond - uncond); 0 is plain conditional sampling (default: "
-                                             "7 for priors with a null class, else 0)."),
+                                             "10 when autoguided, as the shipped prior is; else 7 for priors with a "
+                                             "null class, else 0)."),
     guidance_schedule: Optional[str] = typer.Option(None, "--guidance-schedule", help="How W is spread over the "
                                                     "positions drawn: constant, or linear (rising from ~0 to ~2W, W "
                                                     "on average) (default: linear)."),
@@ -356,10 +357,11 @@ def sample(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most likely codes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
     weak_prior: Optional[str] = typer.Option(None, "--weak-prior", help="A smaller or less-trained raster prior of "
-                                             "the same codes and classes, to autoguide away from (with "
-                                             "--autoguidance)."),
+                                             "the same codes and classes to autoguide away from (default: the "
+                                             "shipped weak prior, for the shipped prior only)."),
     autoguidance: Optional[float] = typer.Option(None, "--autoguidance", help="Autoguidance weight A >= 0: adds "
-                                                 "A(cond - weak) to the logits, spread like W (default: 0, off)."),
+                                                 "A(cond - weak) to the logits, spread like W; 0 turns it off "
+                                                 "(default: 3 with a weak prior and a class, else 0)."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (class-conditional priors)."),
     unconditional: bool = typer.Option(False, "--unconditional", help="Draw from p(grid), with no class (a class-conditional prior trained with --label-dropout)."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same images."),

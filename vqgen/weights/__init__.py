@@ -7,7 +7,8 @@ from pathlib import Path
 from vqgen.errors import ConfigError
 
 _HERE = Path(__file__).parent
-FILES = {"vqvae": "vqvae.safetensors", "prior": "prior.safetensors"}
+# weak_prior: what the shipped prior is autoguided away from by default (vqgen.sampling.DEFAULT_AUTOGUIDANCE)
+FILES = {"vqvae": "vqvae.safetensors", "prior": "prior.safetensors", "weak_prior": "prior-weak.safetensors"}
 
 
 def shipped(kind: str) -> Path:
