@@ -148,6 +148,7 @@ def test_sample_autoguidance_from_the_cli(cli, trained_vqvae, two_priors, tmp_pa
     (["--weak-prior", "WEAK", "--autoguidance", "-1"], 2, "--autoguidance"),
     (["--weak-prior", "WEAK", "--autoguidance", "nan"], 2, "--autoguidance"),
     (["--weak-prior", "WEAK", "--autoguidance", "2", "--unconditional"], 2, "--unconditional"),
+    (["--weak-prior", "WEAK", "--unconditional"], 2, "--weak-prior"),
     (["--weak-prior", "MISSING", "--autoguidance", "2"], 1, "MISSING"),
 ])
 def test_sample_autoguidance_refusals(cli, trained_vqvae, two_priors, tmp_path, args, code, phrase):

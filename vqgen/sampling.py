@@ -146,6 +146,9 @@ def draw_samples(
     if autoguidance and unconditional:
         raise OptionError("{autoguidance} is measured given a class; {unconditional=True} draws without one: drop "
                           "one of them", "autoguidance")
+    if weak_prior is not None and unconditional:
+        raise OptionError("{weak_prior} autoguides draws given a class; {unconditional=True} draws without one: drop "
+                          "one of them", "weak_prior")
     if unconditional and class_name is not None:
         raise OptionError("{unconditional=True} draws without a class; drop {class_name} (or {unconditional=True})",
                           "unconditional")
