@@ -283,7 +283,7 @@ def measure(args, guidance=None, temperature=None, clf=None, refs=None) -> dict:
         sets = [(f[:n], p[:n], labels[:n]), (f[n:], p[n:], labels[n:])]
     out = {"prior": args.prior or "shipped", "vqvae": args.vqvae or "shipped", "guidance": s.guidance,
            "guidance_schedule": s.guidance_schedule, "temperature": s.temperature,
-           "autoguidance": s.autoguidance, "weak_prior": args.weak_prior,
+           "autoguidance": s.autoguidance, "weak_prior": s.weak_prior_path or None,
            "reference": args.reference, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
            "prior_options": args.prior_option, **figures(refs, sets), "sampling_s": round(seconds, 2)}
     print(json.dumps(out), flush=True)
