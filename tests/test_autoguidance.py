@@ -176,6 +176,17 @@ def test_a_weak_prior_alone_autoguides_at_the_defaults(cli, trained_vqvae, two_p
     assert s["autoguidance"] == 0 and s["weak_prior"] is None
 
 
+def test_a_weak_prior_of_another_vqvae_is_refused(cli, two_priors, tmp_path):
+    """The shipped prior with a weak prior trained on the codes of another (tiny) VQ-VAE."""
+    weak = two_priors[1]
+    out = tmp_path / "x.png"
+    res = cli("sample", "--n", "2", "--out", out, "--weak-prior", weak, ok=False)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "Traceback" not in res.output
+    assert lines[0].startswith(f"error: --weak-prior {weak}: the prior models K=") and "the VQ-VAE" in lines[0]
+    assert not out.exists()
+
+
 def test_the_api_autoguides_like_the_cli(trained_vqvae, two_priors):
     import vqgen
 

@@ -168,8 +168,11 @@ def draw_samples(
     if autoguidance:
         weak, wmeta = open_prior(weak_prior, str(dev))
         g = model_v.config.grid
-        check_compatible(weak.config, vsha, wmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
-        model_p.check_weak(weak)
+        try:
+            check_compatible(weak.config, vsha, wmeta["vqvae_sha256"], model_v.config.num_codes, g, g, "the VQ-VAE")
+            model_p.check_weak(weak)
+        except ConfigError as e:  # the messages speak of "the prior": say which one
+            raise ConfigError(f"{{weak_prior}} {weak_prior}: {e}") from None
     check_count(n, model_v.config.image_size)
     num_classes = model_p.config.num_classes
     if guidance is None:
