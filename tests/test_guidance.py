@@ -214,7 +214,7 @@ def test_help_states_the_default_guidance(cli):
         assert f"default: {w:g} " in text, cmd
     text = " ".join(cli("sample", "--help").stdout.replace("│", " ").split())
     assert f"else {DEFAULT_GUIDANCE:g} for priors with a null class" in text
-    assert f"(default: {DEFAULT_AUTOGUIDANCE:g} with a weak prior" in text
+    assert f"(default: {DEFAULT_AUTOGUIDANCE:g} when guided with a weak prior" in text
 
 
 def test_help_states_the_default_guidance_schedule(cli):

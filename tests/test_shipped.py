@@ -50,6 +50,11 @@ def test_the_shipped_prior_is_autoguided_by_default(cli, tmp_path):
     assert not torch.equal(read_codes(tmp_path / "a.safetensors").codes, read_codes(tmp_path / "c.safetensors").codes)
     free = json.loads(cli("sample", "--n", 4, "--json", "--unconditional", "--out", tmp_path / "u.png").stdout)
     assert free["autoguidance"] == 0 and free["guidance"] == 0  # measured given a class only
+    plain = json.loads(cli("sample", "--n", 4, "--json", "--guidance", 0, "--out", tmp_path / "p.png").stdout)
+    assert plain["autoguidance"] == 0 and plain["weak_prior"] is None  # --guidance 0: the prior's own samples
+    both = json.loads(cli("sample", "--n", 4, "--json", "--guidance", 0, "--autoguidance", 4,
+                          "--out", tmp_path / "q.png").stdout)
+    assert both["autoguidance"] == 4 and both["guidance"] == 0  # autoguidance alone, when asked for
 
 @pytest.mark.slow
 def test_sample_with_no_weights_named(cli, tmp_path):

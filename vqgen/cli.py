@@ -361,7 +361,8 @@ def sample(
                                              "shipped weak prior, for the shipped prior only)."),
     autoguidance: Optional[float] = typer.Option(None, "--autoguidance", help="Autoguidance weight A >= 0: adds "
                                                  "A(cond - weak) to the logits, spread like W; 0 turns it off "
-                                                 "(default: 3 with a weak prior and a class, else 0)."),
+                                                 "(default: 3 when guided with a weak prior and a class, else "
+                                                 "0)."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (class-conditional priors)."),
     unconditional: bool = typer.Option(False, "--unconditional", help="Draw from p(grid), with no class (a class-conditional prior trained with --label-dropout)."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same images."),
