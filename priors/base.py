@@ -325,17 +325,16 @@ class Prior(nn.Module):
         known = self.check_known(known, n)
         how = Sampling(temperature, top_k, top_p, generator, w, self.null_label if self.has_null_class else None,
                        guidance_schedule, weak if a else None, a)
-        was_training = self.training, weak.training if a else False
-        self.eval()
-        if a:
-            weak.eval()
+        models = [self, weak] if a else [self]
+        modes = [m.training for m in models]
+        for m in models:
+            m.eval()
         try:
             with torch.inference_mode():
                 codes = sampler(n, labels, known, how)
         finally:
-            self.train(was_training[0])
-            if a:
-                weak.train(was_training[1])
+            for m, mode in zip(models, modes):
+                m.train(mode)
         return codes.clone()  # cloned outside inference mode: an ordinary tensor the caller may modify
 
     def check_weak(self, weak) -> None:
@@ -418,21 +417,22 @@ class AutoregressivePrior(Prior):
         kept = known.mask.flatten(1) if known is not None else None
         T = self.config.height * self.config.width
         position = iter(range(T))  # pick is called once per position
-        weak_steps = None
+        weak_steps = weak_logits = None
         if how.autoguidance:  # the weak prior decodes in lockstep, sent the codes drawn here
-            weak_steps = (AutoregressivePrior.decode if naive else type(how.weak).decode)(how.weak, n, labels)
-            weak_logits = [next(weak_steps)]
+            weak_steps = AutoregressivePrior.decode(how.weak, n, labels) if naive else how.weak.decode(n, labels)
+            weak_logits = next(weak_steps)
 
         def pick(step_logits: torch.Tensor) -> torch.Tensor:  # (n, K), or (2n, K) guided: n rows, then n without class
+            nonlocal weak_logits
             t = next(position)
             logits = how.guide(step_logits, t + 1, T) if how.guidance else step_logits
             if weak_steps is not None:
-                logits = how.autoguide(logits, step_logits[:n], weak_logits[0], t + 1, T)
+                logits = how.autoguide(logits, step_logits[:n], weak_logits, t + 1, T)
             code = how.draw(logits)
             if kept is not None:  # drawn anyway, so the generator advances as without known positions
                 code = torch.where(kept[:, t], kept_codes[:, t], code)
             if weak_steps is not None and t + 1 < T:
-                weak_logits[0] = weak_steps.send(code)
+                weak_logits = weak_steps.send(code)
             return code.repeat(2) if how.guidance else code  # both streams continue from the same code
 
         if how.guidance:

@@ -37,14 +37,11 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
                           f"{guidance_schedule!r}", "guidance_schedule", guidance_schedule,
                           " or ".join(GUIDANCE_SCHEDULES))
     check_positive("temperature", temperature, integer=False)
-    check_at_least("guidance", guidance, 0, integer=False)
-    if guidance is not None and guidance > MAX_GUIDANCE:
-        raise OptionError(f"{{guidance}} must be between 0 and {MAX_GUIDANCE:g}, got {guidance!r}", "guidance",
-                          guidance, f"0 to {MAX_GUIDANCE:g}")
-    check_at_least("autoguidance", autoguidance, 0, integer=False)
-    if autoguidance is not None and autoguidance > MAX_GUIDANCE:
-        raise OptionError(f"{{autoguidance}} must be between 0 and {MAX_GUIDANCE:g}, got {autoguidance!r}",
-                          "autoguidance", autoguidance, f"0 to {MAX_GUIDANCE:g}")
+    for name, weight in (("guidance", guidance), ("autoguidance", autoguidance)):
+        check_at_least(name, weight, 0, integer=False)
+        if weight is not None and weight > MAX_GUIDANCE:
+            raise OptionError(f"{{{name}}} must be between 0 and {MAX_GUIDANCE:g}, got {weight!r}", name, weight,
+                              f"0 to {MAX_GUIDANCE:g}")
     check_positive("top_k", top_k)
     check_fraction("top_p", top_p, high_open=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -53,11 +54,14 @@ def resolve_class(value: str | int, class_names: list[str], num_classes: int) ->
 
 
 def is_shipped_prior(meta: dict) -> bool:
-    """True when the prior loaded (its metadata, with sha256) is the shipped one."""
+    """True when the prior loaded (its metadata, with path and sha256) is the shipped file or a copy of it."""
     try:
-        return meta["sha256"] == file_sha256(shipped("prior"))
+        path = shipped("prior")
     except ConfigError:  # an installation without shipped weights
         return False
+    if Path(meta["path"]).resolve() == path.resolve():  # the usual case: no second hash of the same file
+        return True
+    return meta["sha256"] == file_sha256(path)
 
 
 def shipped_weak_prior() -> str | None:
@@ -206,7 +210,7 @@ def draw_samples(
             images.append(model_v.decode(codes).float().cpu())
     return Samples(images=torch.cat(images), codes=torch.cat(grids), labels=labels,
                    class_names=list(pmeta["class_names"]) if num_classes else [], guidance=float(guidance),
-                   guidance_schedule=schedule, autoguidance=float(autoguidance or 0.0),
+                   guidance_schedule=schedule, autoguidance=float(autoguidance),
                    weak_prior_path=wmeta.get("path", ""), temperature=float(temperature),
                    seconds=time.perf_counter() - t0,
                    prior_name=pmeta["prior"], prior_path=pmeta["path"], vqvae_sha256=vsha,
