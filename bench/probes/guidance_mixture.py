@@ -53,5 +53,6 @@ if __name__ == "__main__":
                                                           "autoguidance": args.mix_autoguidance,
                                                           "temperature": args.mix_temperature})
     bench = ROOT / "bench" / "sample_quality.py"
-    sys.argv = [str(bench)] + [a for a in args.bench_args if a != "--"]
+    rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    sys.argv = [str(bench)] + rest
     runpy.run_path(str(bench), run_name="__main__")
